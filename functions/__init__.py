@@ -1,0 +1,1 @@
+"""HTTP entry points of the token service, wired to ``shared`` by ``service``."""

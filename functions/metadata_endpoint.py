@@ -1,0 +1,112 @@
+"""The ``metadata`` function: OIDC discovery and the JWKS, under the issuer's path.
+
+Workload Identity Federation fetches these without a client certificate, so
+nothing here looks at the certificate headers. An issuer with a path, such as
+``https://host/metadata``, serves its discovery document at
+``/metadata/.well-known/openid-configuration``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import flask
+
+from shared import responses
+from shared.config import Settings
+from shared.discovery import (
+    JWKS_PATH,
+    OAUTH_AUTHORIZATION_SERVER,
+    OPENID_CONFIGURATION,
+    discovery_document,
+    issuer_path,
+    resolve_issuer,
+)
+from shared.errors import MethodNotAllowedError, NotFoundError, OAuthError, ServerError
+from shared.signing import Signer
+from shared.structured_log import (
+    RequestLogContext,
+    parse_trace_context,
+    request_context,
+)
+
+_LOGGER = logging.getLogger(__name__)
+_ALLOWED_METHODS = ("GET", "HEAD")
+# Short enough that a rotated key or a changed issuer shows up within minutes.
+CACHE_CONTROL = "public, max-age=300"
+
+
+class MetadataEndpoint:
+    """Serves discovery metadata and, for a local signing key, the JWKS."""
+
+    def __init__(self, settings: Settings, signer: Signer) -> None:
+        self._settings = settings
+        self._signer = signer
+
+    def handle(self, request: flask.Request) -> flask.Response:
+        """Answer one metadata request; never raises."""
+        context = RequestLogContext(trace=parse_trace_context(request.headers))
+        with request_context(context):
+            try:
+                return self._route(request)
+            except OAuthError as error:
+                _LOGGER.info(
+                    "Metadata request refused: %s (%s)",
+                    error.error,
+                    error.reason,
+                    extra={
+                        "labels": {
+                            "event": "metadata.refused",
+                            "reason": error.reason,
+                            "path": request.path[:200],
+                        }
+                    },
+                )
+                return responses.oauth_error_response(error)
+            except Exception:
+                _LOGGER.exception(
+                    "Metadata request failed unexpectedly",
+                    extra={"labels": {"event": "metadata.server_error"}},
+                )
+                return responses.oauth_error_response(ServerError())
+
+    def _route(self, request: flask.Request) -> flask.Response:
+        if request.method not in _ALLOWED_METHODS:
+            raise MethodNotAllowedError(_ALLOWED_METHODS, reason="method_not_allowed")
+        issuer = resolve_issuer(self._settings.issuer, request.headers.get("Host"))
+        base = issuer_path(issuer)
+        path = request.path
+
+        if path in (base, base + "/") or (not base and path == "/"):
+            return flask.Response(
+                status=307,
+                headers={
+                    "Location": issuer + OPENID_CONFIGURATION,
+                    "Cache-Control": CACHE_CONTROL,
+                },
+            )
+        metadata_paths = {
+            base + OPENID_CONFIGURATION,
+            base + OAUTH_AUTHORIZATION_SERVER,
+        }
+        if base:
+            # RFC 8414 §3 inserts the well-known segment before the path.
+            metadata_paths.add(OAUTH_AUTHORIZATION_SERVER + base)
+        if path in metadata_paths:
+            document = discovery_document(
+                issuer, self._jwks_uri(issuer), self._signer.algorithms
+            )
+            return responses.json_response(
+                document, 200, {"Cache-Control": CACHE_CONTROL}
+            )
+        jwks = self._signer.public_jwks()
+        if path == base + JWKS_PATH and jwks is not None:
+            return responses.json_response(jwks, 200, {"Cache-Control": CACHE_CONTROL})
+        raise NotFoundError(reason="unknown_path")
+
+    def _jwks_uri(self, issuer: str) -> str:
+        return (
+            self._settings.jwks_uri
+            or self._signer.published_jwks_uri
+            or issuer + JWKS_PATH
+        )

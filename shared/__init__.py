@@ -1,0 +1,1 @@
+"""Code shared by the token and metadata functions."""

@@ -1,0 +1,253 @@
+"""Client certificate facts, parsed from the load balancer's request headers.
+
+The load balancer verifies the certificate chain against its TrustConfig and
+forwards what it found in custom request headers. Nothing here is trusted
+unless both the "present" and the "chain verified" headers say ``true``.
+Values are checked against the formats the load balancer produces; a value
+that does not match is dropped and named in ``ClientCertificate.problems``,
+so a malformed header can never become a client id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from werkzeug.datastructures import Headers
+
+from shared.config import HeaderNames
+from shared.errors import InvalidClientError
+
+# Standard base64 of a SHA-256 digest: 43 characters, unpadded as the load
+# balancer sends it; a padded copy from another front end is accepted.
+_FINGERPRINT_PATTERN = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=?")
+# Hex bytes joined by ":"; the load balancer empties serials over 50 bytes.
+_SERIAL_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){0,49}")
+# The load balancer empties SPIFFE IDs over 2048 bytes.
+_SPIFFE_PATTERN = re.compile(r"spiffe://[\x21-\x2b\x2d-\x7e]{1,2038}")
+_SAN_VALUE_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,2048}")
+MAX_SAN_HEADER_LENGTH = 4096
+_RFC3339_PATTERN = re.compile(
+    r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)"
+)
+
+_Parser = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """What the load balancer reported about the client's certificate.
+
+    Identity fields are empty unless the header held a well-formed value.
+    """
+
+    present: bool
+    chain_verified: bool
+    error: str = ""
+    sha256_fingerprint: str = ""
+    serial_number: str = ""
+    spiffe_id: str = ""
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    missing_headers: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def verified(self) -> bool:
+        """Whether the load balancer saw a certificate and verified its chain."""
+        return self.present and self.chain_verified
+
+
+def parse_certificate_headers(
+    headers: Mapping[str, str] | Headers, names: HeaderNames
+) -> ClientCertificate:
+    """Read the certificate facts from request headers.
+
+    Args:
+        headers: Request headers, looked up case-insensitively.
+        names: The configured header names.
+    """
+    problems: list[str] = []
+
+    def parsed(key: str, parse: _Parser) -> object:
+        raw = headers.get(names[key])
+        if raw is None or not raw.strip():
+            return None
+        value = parse(raw.strip())
+        if value is None:
+            problems.append(names[key])
+        return value
+
+    missing = tuple(
+        names[key]
+        for key in ("present", "chain_verified")
+        if headers.get(names[key]) is None
+    )
+    return ClientCertificate(
+        present=_is_true(headers.get(names["present"])),
+        chain_verified=_is_true(headers.get(names["chain_verified"])),
+        error=_printable(headers.get(names["error"], ""))[:512],
+        sha256_fingerprint=_str(parsed("sha256_fingerprint", parse_fingerprint)),
+        serial_number=_str(parsed("serial_number", _match(_SERIAL_PATTERN))),
+        spiffe_id=_str(parsed("spiffe_id", _match(_SPIFFE_PATTERN))),
+        uri_sans=_tuple(parsed("uri_sans", decode_san_header)),
+        dns_sans=_tuple(parsed("dnsname_sans", decode_san_header)),
+        not_before=_datetime(parsed("valid_not_before", parse_rfc3339)),
+        not_after=_datetime(parsed("valid_not_after", parse_rfc3339)),
+        missing_headers=missing,
+        problems=tuple(problems),
+    )
+
+
+def client_id_of(cert: ClientCertificate, names: HeaderNames) -> str:
+    """Return the client id: the configured header's value, or its first SAN."""
+    key = names.client_id_key
+    if key == "sha256_fingerprint":
+        return cert.sha256_fingerprint
+    if key == "spiffe_id":
+        return cert.spiffe_id
+    sans = cert.uri_sans if key == "uri_sans" else cert.dns_sans
+    return sans[0] if sans else ""
+
+
+def parse_fingerprint(value: str) -> str | None:
+    """Return the fingerprint in the load balancer's unpadded form, or None."""
+    if not _FINGERPRINT_PATTERN.fullmatch(value):
+        return None
+    return value.rstrip("=")
+
+
+def decode_san_header(value: str) -> tuple[str, ...] | None:
+    """Decode a SAN header in either reading of the load balancer's format.
+
+    The documentation calls the value a "comma-separated Base64-encoded
+    list", which can mean each SAN encoded and then joined by commas, or the
+    comma-joined list encoded as a whole. Splitting on commas, decoding each
+    part and splitting the result again handles both. Returns None when any
+    part is not valid base64 of printable ASCII SANs.
+    """
+    if len(value) > MAX_SAN_HEADER_LENGTH:
+        return None
+    sans: list[str] = []
+    for part in value.split(","):
+        decoded = _b64decode_text(part.strip())
+        if decoded is None:
+            return None
+        for san in decoded.split(","):
+            san = san.strip()
+            if not _SAN_VALUE_PATTERN.fullmatch(san):
+                return None
+            sans.append(san)
+    return tuple(sans)
+
+
+def parse_rfc3339(value: str) -> datetime | None:
+    """Parse an RFC 3339 timestamp with an offset, or return None."""
+    if not _RFC3339_PATTERN.fullmatch(value):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed
+
+
+def _b64decode_text(part: str) -> str | None:
+    if not part or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", part):
+        return None
+    padded = part.rstrip("=") + "=" * (-len(part.rstrip("=")) % 4)
+    try:
+        raw = base64.b64decode(padded, validate=True)
+        return raw.decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _match(pattern: re.Pattern[str]) -> _Parser:
+    def parse(value: str) -> str | None:
+        return value if pattern.fullmatch(value) else None
+
+    return parse
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() == "true"
+
+
+def _printable(value: str) -> str:
+    return "".join(ch for ch in value.strip() if "\x20" <= ch <= "\x7e")
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _tuple(value: object) -> tuple[str, ...]:
+    return value if isinstance(value, tuple) else ()
+
+
+def _datetime(value: object) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def authenticate_client(cert: ClientCertificate, names: HeaderNames) -> str:
+    """Return the client id of a verified certificate.
+
+    Raises:
+        InvalidClientError: The mTLS headers are missing, the client sent no
+            certificate, the load balancer could not verify its chain, or the
+            client id header is empty or malformed.
+    """
+    if cert.missing_headers:
+        missing = ", ".join(cert.missing_headers)
+        raise InvalidClientError(
+            reason="mtls_headers_missing",
+            log_labels={"missing_header": missing},
+            detail=f"header {missing} missing from the request; check that the "
+            "backend service adds the mTLS custom request headers and that the "
+            "target HTTPS proxy has a ServerTlsPolicy",
+        )
+    if not cert.present:
+        raise InvalidClientError(
+            reason="certificate_missing",
+            detail="the client presented no certificate",
+        )
+    if not cert.chain_verified:
+        raise InvalidClientError(
+            reason="certificate_not_verified",
+            detail="the load balancer could not verify the certificate chain "
+            f"({cert.error or 'no error reported'}); check the TrustConfig",
+        )
+
+    client_id = client_id_of(cert, names)
+    if not client_id:
+        raise InvalidClientError(
+            reason="client_id_missing",
+            log_labels={"client_id_header": names.client_id},
+            detail=f"header {names.client_id} is empty or malformed, so the "
+            "certificate names no client",
+        )
+    return client_id
+
+
+def certificate_labels(cert: ClientCertificate) -> dict[str, str]:
+    """Return the certificate's public facts as log labels."""
+    labels = {
+        "cert_present": str(cert.present).lower(),
+        "cert_chain_verified": str(cert.chain_verified).lower(),
+        "cert_error": cert.error,
+        "x5_sha256": cert.sha256_fingerprint,
+        "x5_serial": cert.serial_number,
+        "x5_spiffe": cert.spiffe_id,
+        "x5_urisans": ",".join(cert.uri_sans),
+        "x5_dnssans": ",".join(cert.dns_sans),
+    }
+    if cert.problems:
+        labels["malformed_headers"] = ",".join(cert.problems)
+    return {key: value for key, value in labels.items() if value}

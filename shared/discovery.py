@@ -1,0 +1,79 @@
+"""OpenID Connect discovery metadata for this issuer.
+
+Workload Identity Federation fetches ``ISSUER/.well-known/openid-configuration``
+and then the JWKS at its ``jwks_uri``. OIDC Discovery 1.0 §4.3 requires the
+document's ``issuer`` to equal the issuer in the tokens byte for byte, so both
+come from ``resolve_issuer``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.errors import InvalidRequestError
+
+OPENID_CONFIGURATION = "/.well-known/openid-configuration"
+OAUTH_AUTHORIZATION_SERVER = "/.well-known/oauth-authorization-server"
+JWKS_PATH = "/jwks"
+TOKEN_PATH = "/token"
+
+# A DNS name or IPv4 address with an optional port, or a bracketed IPv6
+# address: what a Host header may hold before it becomes part of an issuer.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?::\d{1,5})?"
+    r"|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
+)
+
+
+def resolve_issuer(configured: str | None, host: str | None) -> str:
+    """Return the configured issuer, or ``https://`` plus the request's Host.
+
+    Raises:
+        InvalidRequestError: No issuer is configured and the Host header is
+            missing or not a host name.
+    """
+    if configured:
+        return configured
+    host = (host or "").strip()
+    if not _HOST.fullmatch(host):
+        raise InvalidRequestError(
+            "The Host header is missing or invalid.", reason="invalid_host"
+        )
+    return "https://" + host.lower()
+
+
+def issuer_path(issuer: str) -> str:
+    """Return the issuer's path, without a trailing slash (often empty)."""
+    return urlsplit(issuer).path.rstrip("/")
+
+
+def origin(issuer: str) -> str:
+    """Return the scheme and authority of the issuer."""
+    parts = urlsplit(issuer)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def discovery_document(
+    issuer: str, jwks_uri: str, algorithms: tuple[str, ...]
+) -> dict[str, Any]:
+    """Build the provider metadata (OIDC Discovery 1.0 §3, RFC 8414 §2).
+
+    There is no authorization endpoint, but OIDC Discovery requires the
+    field, so it repeats the token endpoint.
+    """
+    token_endpoint = origin(issuer) + TOKEN_PATH
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": token_endpoint,
+        "token_endpoint": token_endpoint,
+        "jwks_uri": jwks_uri,
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": list(algorithms),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["tls_client_auth"],
+        "tls_client_certificate_bound_access_tokens": False,
+    }

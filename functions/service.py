@@ -17,9 +17,15 @@ from dataclasses import dataclass
 from functions.metadata_endpoint import MetadataEndpoint
 from functions.token_endpoint import TokenEndpoint
 from shared.config import ConfigurationError, Settings, load_settings
-from shared.federation import TokenExchanger
+from shared.federation import GoogleTokenExchanger, TokenExchanger
+from shared.iam_credentials import (
+    IamSigner,
+    Impersonator,
+    resolve_service_account_email,
+)
 from shared.signing import LocalKeySigner, Signer
 from shared.structured_log import configure_logging
+from shared.sts_exchange import StsClient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,12 +81,15 @@ def load_service(environ: Mapping[str, str] | None = None) -> Service:
 def _build_signer(settings: Settings) -> Signer:
     if settings.uses_local_key:
         return LocalKeySigner.from_files(settings.signing_key_files)
-    raise ConfigurationError(
-        "SIGNING_KEY_FILE",
-        "missing; set it to a PEM private key file to sign tokens locally.",
+    email = resolve_service_account_email(settings)
+    return IamSigner(email, settings.iam_credentials_endpoint, settings.upstream)
+
+
+def _build_exchanger(settings: Settings) -> TokenExchanger:
+    sts = StsClient(
+        settings.sts_endpoint,
+        settings.workload_identity.resource_name,
+        settings.upstream,
     )
-
-
-def _build_exchanger(settings: Settings) -> TokenExchanger | None:
-    del settings
-    return None
+    impersonator = Impersonator(settings.iam_credentials_endpoint, settings.upstream)
+    return GoogleTokenExchanger(sts, impersonator)

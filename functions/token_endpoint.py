@@ -56,7 +56,7 @@ class TokenEndpoint:
     """Issues ID tokens, and optionally Google access tokens, to mTLS clients."""
 
     def __init__(
-        self, settings: Settings, signer: Signer, exchanger: TokenExchanger | None
+        self, settings: Settings, signer: Signer, exchanger: TokenExchanger
     ) -> None:
         self._settings = settings
         self._signer = signer
@@ -184,12 +184,6 @@ class TokenEndpoint:
         claims: dict[str, Any],
         deadline: Deadline,
     ) -> AccessToken:
-        if self._exchanger is None:
-            raise InvalidRequestError(
-                "This service is not configured to exchange tokens; omit scope "
-                "and service_account.",
-                reason="exchange_not_configured",
-            )
         if token_request.service_account is None:
             return self._exchanger.federated_token(
                 id_token, token_request.scopes, deadline

@@ -8,9 +8,13 @@ impersonate the account through IAM Credentials ``generateAccessToken``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.upstream import Deadline
+
+if TYPE_CHECKING:
+    from shared.iam_credentials import Impersonator
+    from shared.sts_exchange import StsClient
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,33 @@ class TokenExchanger(Protocol):
     ) -> AccessToken:
         """Exchange ``id_token``, then impersonate ``service_account``."""
         ...
+
+
+class GoogleTokenExchanger:
+    """Exchanges at STS and impersonates through IAM Credentials."""
+
+    # The federated token that calls generateAccessToken needs a scope that
+    # IAM Credentials accepts; this is the narrower of the two it documents.
+    IAM_SCOPE = "https://www.googleapis.com/auth/iam"
+
+    def __init__(self, sts: StsClient, impersonator: Impersonator) -> None:
+        self._sts = sts
+        self._impersonator = impersonator
+
+    def federated_token(
+        self, id_token: str, scopes: tuple[str, ...], deadline: Deadline
+    ) -> AccessToken:
+        return self._sts.exchange(id_token, scopes, deadline)
+
+    def service_account_token(
+        self,
+        id_token: str,
+        scopes: tuple[str, ...],
+        service_account: str,
+        lifetime_seconds: int,
+        deadline: Deadline,
+    ) -> AccessToken:
+        federated = self._sts.exchange(id_token, (self.IAM_SCOPE,), deadline)
+        return self._impersonator.generate_access_token(
+            federated.token, service_account, scopes, lifetime_seconds, deadline
+        )

@@ -10,9 +10,11 @@ well before a client gives up, never a hang.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from shared.config import UpstreamPolicy
 from shared.errors import TemporarilyUnavailableError
@@ -100,3 +102,30 @@ def call_with_retries(
         reason="upstream_unavailable",
         log_labels={"upstream": upstream, "upstream_detail": last_detail},
     )
+
+
+class ProcessLocal(Generic[_T]):
+    """A value created on first use in each process, shared by its threads.
+
+    gunicorn forks workers after ``main.py`` is imported; a client created in
+    the master would share its sockets with every worker. This creates one
+    per process instead, under a lock, so threads of one worker share it.
+    """
+
+    def __init__(self, factory: Callable[[], _T]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._value: _T | None = None
+
+    def get(self) -> _T:
+        """Return this process's value, creating it on first use."""
+        pid = os.getpid()
+        value = self._value
+        if self._pid == pid and value is not None:
+            return value
+        with self._lock:
+            if self._pid != pid or self._value is None:
+                self._value = self._factory()
+                self._pid = pid
+            return self._value

@@ -271,6 +271,20 @@ def _impersonation_error(status: int, message: str) -> OAuthError:
     )
 
 
+def _upstream_message(error: Any) -> str:
+    """Return Google's error message, without the request URL the library adds."""
+    message = ""
+    response = getattr(error, "response", None)
+    if response is not None:
+        try:
+            message = str(response.json()["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            message = ""
+    if not message:
+        message = str(getattr(error, "message", "") or "").rpartition(": ")[2]
+    return safe_description(message, 200)
+
+
 def _call(
     upstream: str,
     operation: Callable[[], Any],
@@ -286,7 +300,7 @@ def _call(
         status = int(error.code or 0)
         if status in _RETRYABLE_STATUS or status == 0:
             raise RetryableUpstreamError(upstream, f"HTTP {status}") from None
-        raise refusal(status, safe_description(str(error.message), 200)) from None
+        raise refusal(status, _upstream_message(error)) from None
     except google.auth.exceptions.RefreshError:
         raise refusal(401, "the federated token was rejected") from None
     except requests.Timeout:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import flask
 import functions_framework
+from werkzeug.exceptions import HTTPException
 
 from functions.service import load_service
+from shared.responses import framework_error_response
 
 _SERVICE = load_service()
 
@@ -24,3 +26,9 @@ def token(request: flask.Request) -> flask.Response:
 def metadata(request: flask.Request) -> flask.Response:
     """Serve OIDC discovery metadata and the JWKS."""
     return _SERVICE.metadata.handle(request)
+
+
+@functions_framework.errorhandler(HTTPException)  # type: ignore[untyped-decorator]
+def framework_error(error: HTTPException) -> flask.Response:
+    """Answer errors raised before the function runs as OAuth JSON."""
+    return framework_error_response(error.code or 500)

@@ -28,7 +28,7 @@ _FINGERPRINT_PATTERN = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=?")
 # Hex bytes joined by ":"; the load balancer empties serials over 50 bytes.
 _SERIAL_PATTERN = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){0,49}")
 # The load balancer empties SPIFFE IDs over 2048 bytes.
-_SPIFFE_PATTERN = re.compile(r"spiffe://[\x21-\x2b\x2d-\x7e]{1,2038}")
+_SPIFFE_PATTERN = re.compile(r"spiffe://[\x21-\x2b\x2d-\x7e]{1,2039}")
 _SAN_VALUE_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,2048}")
 MAX_SAN_HEADER_LENGTH = 4096
 _RFC3339_PATTERN = re.compile(

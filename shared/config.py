@@ -183,7 +183,10 @@ def _auth_flows(environ: Mapping[str, str]) -> tuple[str, ...]:
     return flows
 
 
-def _either_spelling(environ: Mapping[str, str], names: tuple[str, str]) -> str:
+def _either_spelling(
+    environ: Mapping[str, str], names: tuple[str, str]
+) -> tuple[str, str]:
+    """Return the value and the name of the variable that carried it."""
     misspelled, correct = names
     old = environ.get(misspelled, "").strip()
     new = environ.get(correct, "").strip()
@@ -193,37 +196,37 @@ def _either_spelling(environ: Mapping[str, str], names: tuple[str, str]) -> str:
             f"{correct}={new!r} conflicts with {misspelled}={old!r}; "
             "set only one of the two spellings.",
         )
-    value = new or old
-    if not value:
-        raise ConfigurationError(
-            misspelled, f"missing; set {misspelled} (or {correct})."
-        )
-    return value
+    if new:
+        return new, correct
+    if old:
+        return old, misspelled
+    raise ConfigurationError(misspelled, f"missing; set {misspelled} (or {correct}).")
 
 
 def _workload_identity(environ: Mapping[str, str]) -> WorkloadIdentityProvider:
-    number = _either_spelling(environ, WORKLOAD_IDENTITY_PROJECT_NUMBER)
-    if not number.isdigit():
+    number, number_variable = _either_spelling(
+        environ, WORKLOAD_IDENTITY_PROJECT_NUMBER
+    )
+    if not re.fullmatch(r"[0-9]+", number):
         hint = (
             "it looks like a project ID; "
             if re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", number)
             else ""
         )
         raise ConfigurationError(
-            WORKLOAD_IDENTITY_PROJECT_NUMBER[0],
+            number_variable,
             f"invalid value {number!r}: {hint}the project number is all digits. "
             "Find it with: gcloud projects describe PROJECT_ID "
             "--format='value(projectNumber)'.",
         )
-    pool = _either_spelling(environ, WORKLOAD_IDENTITY_POOL_ID)
-    provider = _either_spelling(environ, WORKLOAD_IDENTITY_PROVIDER_ID)
-    for names, value in (
-        (WORKLOAD_IDENTITY_POOL_ID, pool),
-        (WORKLOAD_IDENTITY_PROVIDER_ID, provider),
-    ):
+    pool, pool_variable = _either_spelling(environ, WORKLOAD_IDENTITY_POOL_ID)
+    provider, provider_variable = _either_spelling(
+        environ, WORKLOAD_IDENTITY_PROVIDER_ID
+    )
+    for variable, value in ((pool_variable, pool), (provider_variable, provider)):
         if not _WIF_ID_PATTERN.fullmatch(value):
             raise ConfigurationError(
-                names[0],
+                variable,
                 f"invalid value {value!r}: an ID is 4 to 32 lowercase letters, "
                 "digits and hyphens, as shown by gcloud iam workload-identity-pools "
                 "list.",
@@ -236,13 +239,12 @@ def _token_validity_minutes(environ: Mapping[str, str]) -> int:
     if not raw:
         return DEFAULT_TOKEN_VALIDITY_MINUTES
     bounds = f"{MIN_TOKEN_VALIDITY_MINUTES} to {MAX_TOKEN_VALIDITY_MINUTES}"
-    try:
-        minutes = int(raw)
-    except ValueError:
+    if not re.fullmatch(r"[0-9]{1,6}", raw):
         raise ConfigurationError(
             TOKEN_VALIDITY,
             f"invalid value {raw!r}: set a whole number of minutes from {bounds}.",
-        ) from None
+        )
+    minutes = int(raw)
     if not MIN_TOKEN_VALIDITY_MINUTES <= minutes <= MAX_TOKEN_VALIDITY_MINUTES:
         raise ConfigurationError(
             TOKEN_VALIDITY,
@@ -258,6 +260,12 @@ def _issuer(environ: Mapping[str, str]) -> str | None:
         return None
     issuer = raw.rstrip("/")
     parts = urlsplit(issuer)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for an invalid port
+    except ValueError:
+        raise ConfigurationError(
+            TOKEN_ISSUER, f"invalid value {raw!r}: the port is not a number 0-65535."
+        ) from None
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigurationError(
             TOKEN_ISSUER,
@@ -371,6 +379,8 @@ def _number(
         return default
     kind = "a whole number" if integer else "a number"
     try:
+        if not re.fullmatch(r"[0-9]+" if integer else r"[0-9]+(\.[0-9]+)?", raw):
+            raise ValueError(raw)
         value = int(raw) if integer else float(raw)
     except ValueError:
         raise ConfigurationError(

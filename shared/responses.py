@@ -14,7 +14,7 @@ from typing import Any
 
 import flask
 
-from shared.errors import OAuthError
+from shared.errors import InvalidRequestError, NotFoundError, OAuthError, ServerError
 
 NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
@@ -73,3 +73,20 @@ def external_credential_error(error: OAuthError) -> flask.Response:
     return json_response(
         body, error.status_code, {**NO_STORE_HEADERS, **error.headers()}
     )
+
+
+def framework_error_response(status_code: int) -> flask.Response:
+    """Return OAuth JSON for an error that Flask or functions-framework raised.
+
+    functions-framework answers ``/robots.txt`` and ``/favicon.ico`` itself
+    with a 404 before the function runs; this keeps those answers JSON too.
+    """
+    error: OAuthError
+    if status_code == 404:
+        error = NotFoundError(reason="framework_not_found")
+    elif 400 <= status_code < 500:
+        error = InvalidRequestError(reason=f"framework_http_{status_code}")
+        error.status_code = status_code
+    else:
+        error = ServerError(reason=f"framework_http_{status_code}")
+    return oauth_error_response(error)

@@ -33,7 +33,6 @@ _KNOWN_PARAMETERS = frozenset(
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # A service account email, or its 21-digit unique ID.
 _SERVICE_ACCOUNT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}|\d{21}")
-_FORMAT_IN_BODY = re.compile(rb"(?:^|&)format=external_credential(?:&|$)")
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,9 @@ class TokenRequest:
 
 def requests_external_credential(body: bytes) -> bool:
     """Tell from a raw body, even an invalid one, whether errors use that format."""
-    return bool(_FORMAT_IN_BODY.search(body[:MAX_BODY_BYTES]))
+    text = body[:MAX_BODY_BYTES].decode("utf-8", errors="replace")
+    pairs = parse_qsl(text, keep_blank_values=True, errors="replace")
+    return ("format", EXTERNAL_CREDENTIAL_FORMAT) in pairs
 
 
 def check_content_type(content_type: str | None) -> None:

@@ -199,7 +199,11 @@ def _string_field(document: JsonObject, name: str) -> str:
 
 
 def _string_list_field(document: JsonObject, name: str) -> list[str]:
-    value = document.get(name, [])
+    # Proto3 JSON reads null as the field's default, an empty list;
+    # google-auth's impersonated credentials send "delegates": null.
+    value = document.get(name)
+    if value is None:
+        return []
     if not isinstance(value, list):
         raise _invalid_argument(
             f"Invalid value at '{name}' (TYPE_STRING), {json.dumps(value)}"

@@ -9,12 +9,15 @@ for that format.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import flask
 
 from shared.errors import InvalidRequestError, NotFoundError, OAuthError, ServerError
+
+_LOGGER = logging.getLogger(__name__)
 
 NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
@@ -89,4 +92,17 @@ def framework_error_response(status_code: int) -> flask.Response:
         error.status_code = status_code
     else:
         error = ServerError(reason=f"framework_http_{status_code}")
+    _LOGGER.warning(
+        "Request refused before the function ran: %s (%s)",
+        error.error,
+        error.reason,
+        extra={
+            "labels": {
+                "event": "request.refused",
+                "error": error.error,
+                "reason": error.reason,
+                "path": flask.request.path[:200] if flask.has_request_context() else "",
+            }
+        },
+    )
     return oauth_error_response(error)

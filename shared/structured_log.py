@@ -181,7 +181,12 @@ def configure_logging(project_id: str | None, level: int = logging.INFO) -> None
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, _UnwrappedStdoutHandler):
+        # Ours from an earlier call, or the plain StreamHandler that
+        # functions-framework's LOG_EXECUTION_ID mode installs, which would
+        # write every entry a second time with a decimal spanId.
+        if isinstance(handler, _UnwrappedStdoutHandler) or (
+            type(handler) is logging.StreamHandler
+        ):
             root.removeHandler(handler)
     handler = _UnwrappedStdoutHandler()
     handler.setFormatter(CloudLoggingFormatter(project_id))

@@ -24,7 +24,9 @@ _MAX_FIELDS = 16
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 EXTERNAL_CREDENTIAL_FORMAT = "external_credential"
-_FORMATS = ("json", EXTERNAL_CREDENTIAL_FORMAT)
+_FORMATS = (EXTERNAL_CREDENTIAL_FORMAT,)
+# Percent-decoded bytes are read as UTF-8, of which US-ASCII is a subset.
+_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 _KNOWN_PARAMETERS = frozenset(
     {"grant_type", "scope", "service_account", "format", "client_id"}
 )
@@ -72,9 +74,9 @@ def check_content_type(content_type: str | None) -> None:
     for parameter in filter(None, (p.strip() for p in parameters.split(";"))):
         name, _, value = parameter.partition("=")
         charset = value.strip().strip('"').lower()
-        if name.strip().lower() != "charset" or charset not in ("utf-8", "utf8"):
+        if name.strip().lower() != "charset" or charset not in _CHARSETS:
             raise InvalidRequestError(
-                "Only a UTF-8 charset parameter is allowed on the content type.",
+                "Only a UTF-8 or US-ASCII charset is allowed on the content type.",
                 reason="unsupported_content_type",
             )
 
@@ -98,7 +100,7 @@ def parse_token_request(body: bytes) -> TokenRequest:
         raise UnsupportedGrantTypeError(reason="unsupported_grant_type")
 
     response_format = parameters.get("format", "json")
-    if response_format not in _FORMATS:
+    if "format" in parameters and response_format not in _FORMATS:
         raise InvalidRequestError(
             "The format parameter must be external_credential when present.",
             reason="unknown_format",

@@ -221,6 +221,7 @@ _KNOWN_KEYS = frozenset(
         "LB_SECRET_HEADER",
     }
     | {header.setting for header in lb_headers.CERTIFICATE_HEADERS}
+    | {header.setting for header in lb_headers.OPTIONAL_HEADERS}
 )
 
 _OPTIONAL_PASS_THROUGH = (
@@ -250,7 +251,11 @@ def _build_settings(values: dict[str, str], base: Path) -> Settings:
     if not 6 <= len(prefix) <= 30:
         # The prefix is also the service account id, which takes 6 to 30 characters.
         raise ConfigError(f"NAME_PREFIX must be 6 to 30 characters, got {prefix!r}")
-    headers = lb_headers.header_names(values)
+    headers = {
+        **lb_headers.header_names(values),
+        **lb_headers.optional_header_names(values),
+    }
+    _check_issuer_facts(values, headers)
     return Settings(
         project_id=_matching(
             _required(values, "PROJECT_ID"), _PROJECT_ID, "PROJECT_ID"
@@ -281,6 +286,32 @@ def _build_settings(values: dict[str, str], base: Path) -> Settings:
         trusted_ca_source=_optional_path(get("TRUSTED_CA_SOURCE", ""), base),
         lb_secret_header=_optional_header(get("LB_SECRET_HEADER", ""), headers),
     )
+
+
+def _check_issuer_facts(values: dict[str, str], headers: dict[str, str]) -> None:
+    # The functions refuse to start with a CRL but no issuer fact, or with a
+    # trusted CA but no leaf to verify; fail here, before anything is deployed.
+    has_issuer = lb_headers.ISSUER_DN.key in headers or lb_headers.LEAF.key in headers
+    if values.get("CRL_SOURCE") and not has_issuer:
+        raise ConfigError(
+            "CRL_SOURCE needs the issuer: set MTLS_HEADER_CLIENT_CERT_ISSUER_DN or "
+            "MTLS_HEADER_CLIENT_CERT_LEAF (for example X-Client-Cert-Issuer-DN)"
+        )
+    if values.get("TRUSTED_CA_SOURCE") and lb_headers.LEAF.key not in headers:
+        raise ConfigError(
+            "TRUSTED_CA_SOURCE needs the leaf certificate: set "
+            "MTLS_HEADER_CLIENT_CERT_LEAF (for example X-Client-Cert-Leaf)"
+        )
+
+
+def forwarded_headers(settings: Settings) -> list[lb_headers.MtlsHeader]:
+    """Return the certificate headers to forward: the ten, then the opt-in ones."""
+    optional = [
+        header
+        for header in lb_headers.OPTIONAL_HEADERS
+        if header.key in settings.header_names
+    ]
+    return [*lb_headers.CERTIFICATE_HEADERS, *optional]
 
 
 def _required(values: dict[str, str], key: str) -> str:
@@ -479,7 +510,7 @@ def environment(
         "WORKERS": str(settings.workers),
         "THREADS": str(settings.threads),
     }
-    for header in lb_headers.CERTIFICATE_HEADERS:
+    for header in forwarded_headers(settings):
         env[header.setting] = settings.header_names[header.key]
     env.update(settings.optional_env)
     env.update({item.env_var: item.mount_path for item in names.file_secrets})
@@ -496,7 +527,7 @@ def custom_request_headers(settings: Settings) -> list[str]:
     """
     headers = [
         f"{settings.header_names[header.key]}:{{{header.lb_variable}}}"
-        for header in lb_headers.CERTIFICATE_HEADERS
+        for header in forwarded_headers(settings)
     ]
     if len(headers) > MAX_CUSTOM_HEADERS:
         raise ConfigError(f"{len(headers)} custom headers exceed {MAX_CUSTOM_HEADERS}")
@@ -617,7 +648,7 @@ def url_map(settings: Settings, names: Names, lb_secret: str) -> dict[str, Any]:
     project = f"projects/{settings.project_id}/global/backendServices"
     services = [f"{project}/{backend.backend_service}" for backend in names.backends]
     trusted = [
-        settings.header_names[header.key] for header in lb_headers.CERTIFICATE_HEADERS
+        settings.header_names[header.key] for header in forwarded_headers(settings)
     ]
     added = [
         {
@@ -625,7 +656,7 @@ def url_map(settings: Settings, names: Names, lb_secret: str) -> dict[str, Any]:
             "headerValue": f"{{{header.lb_variable}}}",
             "replace": True,
         }
-        for header in lb_headers.CERTIFICATE_HEADERS
+        for header in forwarded_headers(settings)
     ]
     if settings.lb_secret_header:
         trusted.append(settings.lb_secret_header)

@@ -27,6 +27,7 @@ from shared.errors import MethodNotAllowedError, NotFoundError, OAuthError, Serv
 from shared.signing import Signer
 from shared.structured_log import (
     RequestLogContext,
+    exception_summary,
     parse_trace_context,
     request_context,
 )
@@ -66,9 +67,10 @@ class MetadataEndpoint:
                     },
                 )
                 return responses.oauth_error_response(error)
-            except Exception:
-                _LOGGER.exception(
-                    "Metadata request failed unexpectedly",
+            except Exception as unexpected:
+                _LOGGER.error(
+                    "Metadata request failed unexpectedly: %s",
+                    exception_summary(unexpected),
                     extra={"labels": {"event": "metadata.server_error"}},
                 )
                 return responses.oauth_error_response(ServerError())

@@ -1,15 +1,18 @@
 """The ``token`` function: ``POST /token`` with a client certificate.
 
 The request is parsed, the client authenticated from the load balancer's
-certificate headers, an ID token built and signed, and, when the client
-asks for ``scope``, exchanged for Google access tokens. Every step lives in
+certificate headers, checked for validity, revocation and against the client
+policy, an ID token built and signed, and, when the client asks for
+``scope``, exchanged for Google access tokens. Every step lives in
 ``shared``; this module orders them and writes one log entry per decision.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import flask
@@ -18,8 +21,11 @@ from shared import responses
 from shared.claims import IdTokenRequest, build_id_token_claims
 from shared.client_cert import (
     ClientCertificate,
+    apply_leaf,
     authenticate_client,
     certificate_labels,
+    check_lb_secret,
+    check_validity,
     parse_certificate_headers,
 )
 from shared.config import Settings
@@ -31,11 +37,16 @@ from shared.errors import (
     NotFoundError,
     OAuthError,
     ServerError,
+    challenge_scheme,
 )
 from shared.federation import AccessToken, TokenExchanger
+from shared.leaf_cert import ChainVerifier
+from shared.policy import ALLOW_ALL, ClientPolicy, PolicyDecision
+from shared.revocation import RevocationLists
 from shared.signing import Signer
 from shared.structured_log import (
     RequestLogContext,
+    exception_summary,
     parse_trace_context,
     request_context,
 )
@@ -52,15 +63,33 @@ _LOGGER = logging.getLogger(__name__)
 _ALLOWED_METHODS = ("POST",)
 
 
+@dataclass(frozen=True)
+class ClientControls:
+    """The optional checks on each client, loaded at cold start.
+
+    Each one is off when None: without a policy every verified certificate
+    is allowed, as without a CRL or trust anchors nothing more is checked.
+    """
+
+    policy: ClientPolicy | None = None
+    revocation_lists: RevocationLists | None = None
+    verifier: ChainVerifier | None = None
+
+
 class TokenEndpoint:
     """Issues ID tokens, and optionally Google access tokens, to mTLS clients."""
 
     def __init__(
-        self, settings: Settings, signer: Signer, exchanger: TokenExchanger
+        self,
+        settings: Settings,
+        signer: Signer,
+        exchanger: TokenExchanger,
+        controls: ClientControls | None = None,
     ) -> None:
         self._settings = settings
         self._signer = signer
         self._exchanger = exchanger
+        self._controls = controls or ClientControls()
         self._issuer_warning_logged = False
 
     def handle(self, request: flask.Request) -> flask.Response:
@@ -78,12 +107,17 @@ class TokenEndpoint:
                 return self._issue(request, body, labels)
             except OAuthError as error:
                 _log_refusal(error, labels)
+                if isinstance(error, InvalidClientError):
+                    error.challenge_scheme = challenge_scheme(
+                        request.headers.get("Authorization")
+                    )
                 if external:
                     return responses.external_credential_error(error)
                 return responses.oauth_error_response(error)
-            except Exception:
-                _LOGGER.exception(
-                    "Token request failed unexpectedly",
+            except Exception as unexpected:
+                _LOGGER.error(
+                    "Token request failed unexpectedly: %s",
+                    exception_summary(unexpected),
                     extra={"labels": {**labels, "event": "token.server_error"}},
                 )
                 failure = ServerError()
@@ -116,15 +150,14 @@ class TokenEndpoint:
         token_request = parse_token_request(body)
         labels.update(_request_labels(token_request))
 
-        cert = parse_certificate_headers(request.headers, self._settings.headers)
-        labels.update(certificate_labels(cert))
-        client_id = authenticate_client(cert, self._settings.headers)
-        labels["client_id"] = client_id
+        now = time.time()
+        cert, client_id = self._authenticate(request, labels, now)
+        decision = self._authorize(cert, token_request, labels)
         _check_request_for_client(token_request, client_id)
 
         issuer = self._issuer(request)
         deadline = Deadline(self._settings.upstream.deadline_seconds)
-        claims = self._claims(issuer, client_id, cert)
+        claims = self._claims(issuer, client_id, cert, decision, int(now))
         id_token = self._signer.sign(claims, deadline)
 
         if token_request.wants_external_credential:
@@ -150,6 +183,46 @@ class TokenEndpoint:
             }
         )
 
+    def _authenticate(
+        self, request: flask.Request, labels: dict[str, str], now: float
+    ) -> tuple[ClientCertificate, str]:
+        """Establish who the client is and that its certificate is valid now."""
+        settings = self._settings
+        cert = parse_certificate_headers(request.headers, settings.headers)
+        # The header facts are logged even when the secret is wrong, to show
+        # what a request that bypassed the load balancer claimed to be.
+        header_labels = certificate_labels(cert)
+        labels.update(header_labels)
+        if settings.lb_secret is not None:
+            check_lb_secret(request.headers, settings.lb_secret)
+
+        moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        cert = apply_leaf(cert, settings.headers, self._controls.verifier, moment)
+        for key in header_labels:
+            del labels[key]
+        labels.update(certificate_labels(cert))
+        client_id = authenticate_client(cert, settings.headers)
+        labels["client_id"] = client_id
+        check_validity(cert, moment)
+        return cert, client_id
+
+    def _authorize(
+        self,
+        cert: ClientCertificate,
+        token_request: TokenRequest,
+        labels: dict[str, str],
+    ) -> PolicyDecision:
+        """Check revocation and the client policy for this request."""
+        controls = self._controls
+        if controls.revocation_lists is not None:
+            controls.revocation_lists.check(cert)
+        if controls.policy is None:
+            return ALLOW_ALL
+        decision = controls.policy.decide(cert)
+        labels.update(decision.log_labels)
+        decision.check_request(token_request)
+        return decision
+
     def _issuer(self, request: flask.Request) -> str:
         issuer = resolve_issuer(self._settings.issuer, request.headers.get("Host"))
         if self._settings.issuer is None and not self._issuer_warning_logged:
@@ -164,16 +237,23 @@ class TokenEndpoint:
         return issuer
 
     def _claims(
-        self, issuer: str, client_id: str, cert: ClientCertificate
+        self,
+        issuer: str,
+        client_id: str,
+        cert: ClientCertificate,
+        decision: PolicyDecision,
+        issued_at: int,
     ) -> dict[str, Any]:
+        lifetime = decision.lifetime_seconds(self._settings.token_validity_seconds)
         return build_id_token_claims(
             IdTokenRequest(
                 issuer=issuer,
                 audience=self._settings.workload_identity.token_audience,
                 client_id=client_id,
                 certificate=cert,
-                issued_at=int(time.time()),
-                lifetime_seconds=self._settings.token_validity_seconds,
+                issued_at=issued_at,
+                lifetime_seconds=_capped_lifetime(lifetime, cert, issued_at),
+                client_claims=decision.claims,
             )
         )
 
@@ -196,6 +276,27 @@ class TokenEndpoint:
             lifetime,
             deadline,
         )
+
+
+def _capped_lifetime(lifetime: int, cert: ClientCertificate, issued_at: int) -> int:
+    """Shorten ``lifetime`` so that the token expires by the cert's notAfter.
+
+    Raises:
+        InvalidClientError: The certificate expires before any token could
+            be valid, which happens only within the clock-skew allowance
+            after its notAfter.
+    """
+    if cert.not_after is None:
+        return lifetime
+    remaining = int(cert.not_after.timestamp()) - issued_at
+    if remaining < 1:
+        raise InvalidClientError(
+            reason="certificate_expired",
+            log_labels={"cert_not_after": cert.not_after.isoformat()},
+            detail="the certificate expires before a token issued now could be "
+            "valid, and a token never outlives its certificate",
+        )
+    return min(lifetime, remaining)
 
 
 def _check_request_for_client(token_request: TokenRequest, client_id: str) -> None:

@@ -29,6 +29,11 @@ UPSTREAM_MAX_RETRIES = "UPSTREAM_MAX_RETRIES"
 UPSTREAM_DEADLINE_SECONDS = "UPSTREAM_DEADLINE_SECONDS"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 LOG_EXECUTION_ID = "LOG_EXECUTION_ID"
+CLIENT_POLICY_FILE = "CLIENT_POLICY_FILE"  # YAML or JSON client policy
+CRL_FILE = "CRL_FILE"  # PEM or DER certificate revocation lists
+TRUSTED_CA_FILE = "TRUSTED_CA_FILE"  # PEM trust anchors for the leaf header
+LB_SECRET_HEADER = "LB_SECRET_HEADER"  # header that carries LB_SECRET
+LB_SECRET = "LB_SECRET"  # shared secret, or two comma-separated during rotation
 
 # Existing deployments use the misspelled names; both spellings are accepted.
 WORKLOAD_IDENTITY_PROJECT_NUMBER = (
@@ -57,6 +62,12 @@ DEFAULT_UPSTREAM_DEADLINE_SECONDS = 10.0
 # Google's documented format for pool and provider IDs: 4 to 32 lowercase
 # letters, digits and hyphens.
 _WIF_ID_PATTERN = re.compile(r"[a-z0-9-]{4,32}")
+# A shared secret must be hard to guess; deploy scripts generate longer ones.
+MIN_LB_SECRET_LENGTH = 16
+# One current secret, plus the previous one while a rotation is under way.
+MAX_LB_SECRETS = 2
+# Visible ASCII except the comma, which separates the secrets.
+_LB_SECRET_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 # An RFC 7230 token, the syntax of an HTTP header name.
 _HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -103,9 +114,14 @@ class HeaderNames:
 
     by_key: Mapping[str, str]
     client_id_key: str
+    optional: Mapping[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> str:
         return self.by_key[key]
+
+    def optional_name(self, key: str) -> str | None:
+        """Name of an opt-in header (``lb_headers.OPTIONAL_HEADERS``), if set."""
+        return self.optional.get(key)
 
     @property
     def client_id(self) -> str:
@@ -120,6 +136,31 @@ class UpstreamPolicy:
     attempt_timeout_seconds: float = DEFAULT_UPSTREAM_TIMEOUT_SECONDS
     max_retries: int = DEFAULT_UPSTREAM_MAX_RETRIES
     deadline_seconds: float = DEFAULT_UPSTREAM_DEADLINE_SECONDS
+
+
+@dataclass(frozen=True)
+class LbSecret:
+    """The header that proves a request came through the load balancer.
+
+    ``values`` contains one secret, or two while a rotation is under way; a
+    request must carry one of them. ``__repr__`` hides the values so they
+    cannot reach a log through the settings object.
+    """
+
+    header: str
+    values: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"LbSecret(header={self.header!r}, values=<{len(self.values)} hidden>)"
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """Files read at cold start that make the token endpoint a policy point."""
+
+    client_policy: Path | None = None
+    crl: Path | None = None
+    trusted_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +180,8 @@ class Settings:
     upstream: UpstreamPolicy = field(default_factory=UpstreamPolicy)
     project_id: str | None = None
     log_execution_id: bool = False
+    policy_files: PolicyFiles = field(default_factory=PolicyFiles)
+    lb_secret: LbSecret | None = None
 
     @property
     def uses_local_key(self) -> bool:
@@ -152,12 +195,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     Raises:
         ConfigurationError: A variable is missing or invalid.
     """
+    headers = _header_names(environ)
+    lb_secret = _lb_secret(environ, headers)
     return Settings(
         auth_flows=_auth_flows(environ),
         workload_identity=_workload_identity(environ),
         token_validity_seconds=_token_validity_minutes(environ) * 60,
         issuer=_issuer(environ),
-        headers=_header_names(environ),
+        headers=headers,
         signing_key_files=_signing_key_files(environ),
         service_account_email=_service_account_email(environ),
         iam_credentials_endpoint=_endpoint(environ, IAM_CREDENTIALS_ENDPOINT),
@@ -166,6 +211,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         upstream=_upstream_policy(environ),
         project_id=environ.get(GOOGLE_CLOUD_PROJECT, "").strip() or None,
         log_execution_id=_boolean(environ, LOG_EXECUTION_ID),
+        policy_files=_policy_files(environ, headers),
+        lb_secret=lb_secret,
     )
 
 
@@ -283,8 +330,21 @@ def _issuer(environ: Mapping[str, str]) -> str | None:
 
 def _header_names(environ: Mapping[str, str]) -> HeaderNames:
     names = lb_headers.header_names(dict(environ))
+    seen: dict[str, str] = {}
     for header in lb_headers.CERTIFICATE_HEADERS:
-        _check_header_name(header.setting, names[header.key])
+        name = names[header.key]
+        _check_header_name(header.setting, name)
+        # Two facts read from one header would let, say, the "present"
+        # header stand in for "chain verified".
+        other = seen.setdefault(name.lower(), header.setting)
+        if other != header.setting:
+            raise ConfigurationError(
+                header.setting,
+                f"header {name!r} is already read for {other}; give each "
+                "certificate fact its own header.",
+            )
+
+    optional = _optional_header_names(environ, names)
 
     client_id_name = (
         environ.get(lb_headers.CLIENT_ID_SETTING, "").strip()
@@ -293,7 +353,9 @@ def _header_names(environ: Mapping[str, str]) -> HeaderNames:
     _check_header_name(lb_headers.CLIENT_ID_SETTING, client_id_name)
     for candidate in lb_headers.CLIENT_ID_CANDIDATES:
         if names[candidate.key].lower() == client_id_name.lower():
-            return HeaderNames(by_key=names, client_id_key=candidate.key)
+            return HeaderNames(
+                by_key=names, client_id_key=candidate.key, optional=optional
+            )
 
     allowed = ", ".join(names[c.key] for c in lb_headers.CLIENT_ID_CANDIDATES)
     raise ConfigurationError(
@@ -301,6 +363,32 @@ def _header_names(environ: Mapping[str, str]) -> HeaderNames:
         f"invalid value {client_id_name!r}: the client id must come from one of "
         f"these headers: {allowed}.",
     )
+
+
+def _optional_header_names(
+    environ: Mapping[str, str], names: Mapping[str, str]
+) -> dict[str, str]:
+    """Check the opt-in header names: valid, and unlike every other header."""
+    optional = lb_headers.optional_header_names(environ)
+    settings = {header.key: header.setting for header in lb_headers.OPTIONAL_HEADERS}
+    taken = {name.lower(): setting for setting, name in _named_settings(names)}
+    for key, name in optional.items():
+        _check_header_name(settings[key], name)
+        other = taken.get(name.lower())
+        if other is not None:
+            raise ConfigurationError(
+                settings[key],
+                f"header {name!r} is already read for {other}; give each "
+                "certificate fact its own header.",
+            )
+        taken[name.lower()] = settings[key]
+    return optional
+
+
+def _named_settings(names: Mapping[str, str]) -> list[tuple[str, str]]:
+    return [
+        (header.setting, names[header.key]) for header in lb_headers.CERTIFICATE_HEADERS
+    ]
 
 
 def _check_header_name(variable: str, name: str) -> None:
@@ -323,6 +411,97 @@ def _signing_key_files(environ: Mapping[str, str]) -> tuple[Path, ...]:
                 "private key files, or unset it to sign through IAM Credentials.",
             )
     return paths
+
+
+def _policy_files(environ: Mapping[str, str], headers: HeaderNames) -> PolicyFiles:
+    files = PolicyFiles(
+        client_policy=_optional_file(environ, CLIENT_POLICY_FILE),
+        crl=_optional_file(environ, CRL_FILE),
+        trusted_ca=_optional_file(environ, TRUSTED_CA_FILE),
+    )
+    leaf = headers.optional_name(lb_headers.LEAF.key)
+    issuer_dn = headers.optional_name(lb_headers.ISSUER_DN.key)
+    if files.crl is not None and leaf is None and issuer_dn is None:
+        raise ConfigurationError(
+            CRL_FILE,
+            "a CRL applies to the certificates of its issuer, so the issuer "
+            f"must be known: set {lb_headers.ISSUER_DN.setting} (load balancer "
+            f"variable {{{lb_headers.ISSUER_DN.lb_variable}}}) or "
+            f"{lb_headers.LEAF.setting} ({{{lb_headers.LEAF.lb_variable}}}).",
+        )
+    if files.trusted_ca is not None and leaf is None:
+        raise ConfigurationError(
+            TRUSTED_CA_FILE,
+            "the service verifies the leaf certificate it receives, so set "
+            f"{lb_headers.LEAF.setting} (load balancer variable "
+            f"{{{lb_headers.LEAF.lb_variable}}}) too, or unset {TRUSTED_CA_FILE}.",
+        )
+    return files
+
+
+def _optional_file(environ: Mapping[str, str], variable: str) -> Path | None:
+    raw = environ.get(variable, "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigurationError(
+            variable, f"file {raw!r} not found; set the path of a readable file."
+        )
+    return path
+
+
+def _lb_secret(environ: Mapping[str, str], headers: HeaderNames) -> LbSecret | None:
+    """Read LB_SECRET_HEADER and LB_SECRET, which are set together or not at all.
+
+    Warning:
+        Messages name the variable but never contain the secret.
+    """
+    header = environ.get(LB_SECRET_HEADER, "").strip()
+    raw = environ.get(LB_SECRET, "").strip()
+    if not header and not raw:
+        return None
+    if not header:
+        raise ConfigurationError(
+            LB_SECRET_HEADER,
+            f"missing while {LB_SECRET} is set; set the header name that the "
+            "load balancer sends the secret in, or unset both.",
+        )
+    if not raw:
+        raise ConfigurationError(
+            LB_SECRET,
+            f"missing while {LB_SECRET_HEADER} is set; set the secret (from "
+            "Secret Manager), or unset both.",
+        )
+    _check_header_name(LB_SECRET_HEADER, header)
+    taken = [name for _, name in _named_settings(headers.by_key)]
+    taken += list(headers.optional.values())
+    if header.lower() in {name.lower() for name in taken}:
+        raise ConfigurationError(
+            LB_SECRET_HEADER,
+            f"header {header!r} already carries a certificate fact; choose "
+            "another name.",
+        )
+    return LbSecret(header, _secret_values(raw))
+
+
+def _secret_values(raw: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in raw.split(","))
+    if len(values) > MAX_LB_SECRETS:
+        raise ConfigurationError(
+            LB_SECRET,
+            f"{len(values)} comma-separated secrets; set one, or two (the new "
+            "and the previous one) during a rotation.",
+        )
+    for position, value in enumerate(values, start=1):
+        if len(value) < MIN_LB_SECRET_LENGTH or not _LB_SECRET_PATTERN.fullmatch(value):
+            raise ConfigurationError(
+                LB_SECRET,
+                f"secret {position} is invalid (value not shown): use at least "
+                f"{MIN_LB_SECRET_LENGTH} visible ASCII characters without commas, "
+                "such as the output of: openssl rand -base64 32.",
+            )
+    return values
 
 
 def _service_account_email(environ: Mapping[str, str]) -> str | None:

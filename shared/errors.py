@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 # RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E,
 # which excludes '"' and '\' and every non-ASCII or control character.
+# An RFC 7230 token, the syntax of an authentication scheme's name.
+_AUTH_SCHEME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 _DISALLOWED_DESCRIPTION_CHARS = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 MAX_DESCRIPTION_LENGTH = 400
 
@@ -94,13 +96,20 @@ class MethodNotAllowedError(InvalidRequestError):
 class InvalidClientError(OAuthError):
     """Client authentication failed: no verified certificate, or no client id.
 
-    RFC 6749 §5.2 allows 401 here. No ``WWW-Authenticate`` header is sent,
-    because the client authenticates with TLS, not an HTTP auth scheme.
+    RFC 6749 §5.2 allows 401 here. Clients authenticate with TLS, so
+    ``WWW-Authenticate`` is sent only when the request also tried an HTTP
+    authentication scheme, which §5.2 then requires.
     """
 
     error = "invalid_client"
     status_code = 401
     default_description = "Client authentication failed."
+    challenge_scheme: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        if not self.challenge_scheme:
+            return {}
+        return {"WWW-Authenticate": f'{self.challenge_scheme} realm="token"'}
 
 
 class InvalidGrantError(OAuthError):
@@ -155,3 +164,9 @@ class TemporarilyUnavailableError(OAuthError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+def challenge_scheme(authorization: str | None) -> str | None:
+    """Return the scheme of an ``Authorization`` header, if it names one."""
+    scheme = (authorization or "").strip().split(" ", 1)[0]
+    return scheme if _AUTH_SCHEME.fullmatch(scheme) else None

@@ -4,16 +4,26 @@ The external Application Load Balancer expands one variable per header, as
 described in https://cloud.google.com/load-balancing/docs/https/custom-headers-global.
 The deployment scripts and the local gateway read the same table, so the
 header names the load balancer sends cannot drift from those the code reads.
+
+The ten headers of ``CERTIFICATE_HEADERS`` have default names and are always
+read. The four of ``OPTIONAL_HEADERS`` (subject and issuer DN, leaf, chain)
+have none: they are read only when their setting names a header, so existing
+deployments see no change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class MtlsHeader:
-    """One certificate fact: its setting, default header name and LB variable."""
+    """One certificate fact: its setting, default header name and LB variable.
+
+    ``default_name`` is empty for an opt-in header, which is read only when
+    ``setting`` names it.
+    """
 
     key: str
     setting: str
@@ -82,6 +92,31 @@ VALID_NOT_AFTER = MtlsHeader(
     "client_cert_valid_not_after",
 )
 
+SUBJECT_DN = MtlsHeader(
+    "subject_dn",
+    "MTLS_HEADER_CLIENT_CERT_SUBJECT_DN",
+    "",
+    "client_cert_subject_dn",
+)
+ISSUER_DN = MtlsHeader(
+    "issuer_dn",
+    "MTLS_HEADER_CLIENT_CERT_ISSUER_DN",
+    "",
+    "client_cert_issuer_dn",
+)
+LEAF = MtlsHeader(
+    "leaf",
+    "MTLS_HEADER_CLIENT_CERT_LEAF",
+    "",
+    "client_cert_leaf",
+)
+CHAIN = MtlsHeader(
+    "chain",
+    "MTLS_HEADER_CLIENT_CERT_CHAIN",
+    "",
+    "client_cert_chain",
+)
+
 # The ten headers of the deployment article, in its order.
 CERTIFICATE_HEADERS: tuple[MtlsHeader, ...] = (
     PRESENT,
@@ -95,6 +130,17 @@ CERTIFICATE_HEADERS: tuple[MtlsHeader, ...] = (
     VALID_NOT_BEFORE,
     VALID_NOT_AFTER,
 )
+
+# Opt-in headers: read only when their setting names a header.
+OPTIONAL_HEADERS: tuple[MtlsHeader, ...] = (SUBJECT_DN, ISSUER_DN, LEAF, CHAIN)
+
+# Names the documentation and the examples use for the opt-in headers.
+SUGGESTED_OPTIONAL_NAMES = {
+    SUBJECT_DN.key: "X-Client-Cert-Subject-DN",
+    ISSUER_DN.key: "X-Client-Cert-Issuer-DN",
+    LEAF.key: "X-Client-Cert-Leaf",
+    CHAIN.key: "X-Client-Cert-Chain",
+}
 
 # Headers that may name the client: the client id is taken from one of them.
 CLIENT_ID_CANDIDATES: tuple[MtlsHeader, ...] = (
@@ -115,3 +161,16 @@ def header_names(environ: dict[str, str] | None = None) -> dict[str, str]:
         header.key: environ.get(header.setting, "").strip() or header.default_name
         for header in CERTIFICATE_HEADERS
     }
+
+
+def optional_header_names(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Map each configured opt-in fact's key to its header name.
+
+    A fact whose setting is unset or empty is left out, so it is not read.
+    """
+    environ = environ or {}
+    names = {
+        header.key: environ.get(header.setting, "").strip()
+        for header in OPTIONAL_HEADERS
+    }
+    return {key: name for key, name in names.items() if name}

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,3 +210,16 @@ def _severity(levelno: int) -> str:
 def _label(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:_MAX_LABEL_LENGTH]
+
+
+def exception_summary(error: BaseException) -> str:
+    """Describe an exception by its type and where it was raised.
+
+    The message is left out on purpose: an exception raised while signing or
+    exchanging can carry a token or a key in its text.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    last = frames[-1]
+    return f"{type(error).__name__} at {last.filename}:{last.lineno} in {last.name}"

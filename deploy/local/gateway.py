@@ -10,6 +10,11 @@ encodes them (https://cloud.google.com/load-balancing/docs/https/custom-headers-
 Python's ``ssl`` module aborts the handshake when a presented certificate fails
 verification, so TLS is done with pyOpenSSL and the chain is verified after the
 handshake with ``cryptography.x509.verification``.
+
+Like a TrustConfig's ``allowlistedCertificates``, ``--allowlist-cert`` names
+certificates that count as verified whatever their chain or dates. The opt-in
+DN, leaf and chain headers and the load balancer secret are sent when the
+environment configures them with the variables the functions read.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import socketserver
 import sys
 import time
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn, cast
@@ -41,7 +46,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -75,11 +80,18 @@ SERIAL_TOO_LARGE = "client_cert_serial_number_exceeded_size_limit"
 SPIFFE_TOO_LARGE = "client_cert_spiffe_id_exceeded_size_limit"
 URI_SANS_TOO_LARGE = "client_cert_uri_sans_exceeded_size_limit"
 DNSNAME_SANS_TOO_LARGE = "client_cert_dnsname_sans_exceeded_size_limit"
+SUBJECT_DN_TOO_LARGE = "client_cert_subject_dn_exceeded_size_limit"
+ISSUER_DN_TOO_LARGE = "client_cert_issuer_dn_exceeded_size_limit"
+LEAF_TOO_LARGE = "client_cert_validated_leaf_exceeded_size_limit"
+CHAIN_TOO_LARGE = "client_cert_validated_chain_exceeded_size_limit"
 
 # Size limits of the load balancer's header variables, in bytes.
 MAX_SERIAL_BYTES = 50
 MAX_SPIFFE_ID_BYTES = 2048
 MAX_SAN_HEADER_BYTES = 512
+MAX_DN_HEADER_BYTES = 512
+# Leaf alone, and leaf plus chain, in DER bytes before encoding.
+MAX_CERTIFICATE_BYTES = 16 * 1024
 
 # The load balancer accepts RSA keys of 2048 to 4096 bits, P-256 and P-384
 # keys, and signatures hashed with SHA-256 or stronger.
@@ -282,15 +294,18 @@ def describe_client_certificate(
     intermediates: Sequence[x509.Certificate],
     policy: PolicyBuilder,
     san_encoding: SanEncoding,
+    allowlist: Collection[bytes] = (),
 ) -> dict[str, str]:
-    """Compute the ten header values, keyed by ``MtlsHeader.key``.
+    """Compute every header value, keyed by ``MtlsHeader.key``.
 
     Without a certificate only present, verified and error are set. With a
     chain that fails validation the fingerprint is set as well. Every other
     value stays empty, because the load balancer sends those only for a
-    verified chain.
+    verified chain. A leaf whose DER is in ``allowlist`` counts as verified
+    without any check, as a TrustConfig's allowlisted certificates do.
     """
-    values = {header.key: "" for header in lb_headers.CERTIFICATE_HEADERS}
+    headers = lb_headers.CERTIFICATE_HEADERS + lb_headers.OPTIONAL_HEADERS
+    values = {header.key: "" for header in headers}
     values[lb_headers.PRESENT.key] = "false"
     values[lb_headers.CHAIN_VERIFIED.key] = "false"
     if leaf is None:
@@ -299,13 +314,55 @@ def describe_client_certificate(
 
     values[lb_headers.PRESENT.key] = "true"
     values[lb_headers.SHA256_FINGERPRINT.key] = sha256_fingerprint(leaf)
-    error = validate_client_chain(leaf, intermediates, policy)
+    allowlisted = leaf.public_bytes(serialization.Encoding.DER) in allowlist
+    error = None if allowlisted else validate_client_chain(leaf, intermediates, policy)
     if error:
         values[lb_headers.ERROR.key] = error
         return values
 
     values[lb_headers.CHAIN_VERIFIED.key] = "true"
     values.update(_verified_values(leaf, san_encoding))
+    certificate_values = _certificate_values(leaf, intermediates)
+    errors = [values[lb_headers.ERROR.key], certificate_values.pop("errors")]
+    values.update(certificate_values)
+    values[lb_headers.ERROR.key] = ",".join(error for error in errors if error)
+    return values
+
+
+def byte_sequence(data: bytes) -> str:
+    """Encode bytes as an RFC 8941 byte sequence: ``:`` base64 ``:``."""
+    return ":" + base64.b64encode(data).decode("ascii") + ":"
+
+
+def _certificate_values(
+    leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]
+) -> dict[str, str]:
+    """Return the DN, leaf and chain values, and the errors of their limits."""
+    errors: list[str] = []
+    values = {}
+    for header, name, too_large in (
+        (lb_headers.SUBJECT_DN, leaf.subject, SUBJECT_DN_TOO_LARGE),
+        (lb_headers.ISSUER_DN, leaf.issuer, ISSUER_DN_TOO_LARGE),
+    ):
+        encoded = base64.b64encode(name.public_bytes()).decode("ascii")
+        if len(encoded) > MAX_DN_HEADER_BYTES:
+            encoded = ""
+            errors.append(too_large)
+        values[header.key] = encoded
+
+    leaf_der = leaf.public_bytes(serialization.Encoding.DER)
+    chain_der = [
+        cert.public_bytes(serialization.Encoding.DER) for cert in intermediates
+    ]
+    values[lb_headers.LEAF.key] = byte_sequence(leaf_der)
+    values[lb_headers.CHAIN.key] = ",".join(byte_sequence(der) for der in chain_der)
+    if len(leaf_der) > MAX_CERTIFICATE_BYTES:
+        values[lb_headers.LEAF.key] = ""
+        errors.append(LEAF_TOO_LARGE)
+    if len(leaf_der) + sum(map(len, chain_der)) > MAX_CERTIFICATE_BYTES:
+        values[lb_headers.CHAIN.key] = ""
+        errors.append(CHAIN_TOO_LARGE)
+    values["errors"] = ",".join(errors)
     return values
 
 
@@ -409,6 +466,9 @@ class GatewayConfig:
     header_names: Mapping[str, str] = field(
         default_factory=lambda: lb_headers.header_names()
     )
+    optional_header_names: Mapping[str, str] = field(default_factory=dict)
+    allowlist: frozenset[bytes] = frozenset()
+    lb_secret: tuple[str, str] | None = None
 
 
 def parse_backend(text: str) -> Backend:
@@ -603,7 +663,11 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         intermediates = [cert for cert in chain if cert != leaf]
         config = self.gateway.config
         self._cert_values = describe_client_certificate(
-            leaf, intermediates, self.gateway.client_policy, config.san_encoding
+            leaf,
+            intermediates,
+            self.gateway.client_policy,
+            config.san_encoding,
+            config.allowlist,
         )
         stream = TlsStream(tls, config.idle_timeout_secs)
         self.rfile = io.BufferedReader(stream)
@@ -729,8 +793,12 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
     def _backend_headers(
         self, backend: Backend, body: bytes | None
     ) -> list[tuple[str, str]]:
-        names = self.gateway.config.header_names
-        removed = set(HOP_BY_HOP_HEADERS) | {name.lower() for name in names.values()}
+        config = self.gateway.config
+        names = config.header_names
+        trusted = [*names.values(), *config.optional_header_names.values()]
+        if config.lb_secret is not None:
+            trusted.append(config.lb_secret[0])
+        removed = set(HOP_BY_HOP_HEADERS) | {name.lower() for name in trusted}
         removed |= {"content-length", "expect", "x-forwarded-proto", "x-forwarded-for"}
         for value in self.headers.get_all("Connection", []):
             removed |= {token.strip().lower() for token in value.split(",")}
@@ -745,6 +813,10 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
             headers.append(("Host", f"{backend.host}:{backend.port}"))
         for header in lb_headers.CERTIFICATE_HEADERS:
             headers.append((names[header.key], self._cert_values[header.key]))
+        for key, name in config.optional_header_names.items():
+            headers.append((name, self._cert_values[key]))
+        if config.lb_secret is not None:
+            headers.append(config.lb_secret)
 
         forwarded_for = self.headers.get_all("X-Forwarded-For", [])
         local_address = cast(socket.socket, self.request).getsockname()[0]
@@ -972,6 +1044,16 @@ def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
         metavar="SECS",
         help="respond with 504 when a backend takes longer (default: %(default)s)",
     )
+    parser.add_argument(
+        "--allowlist-cert",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PEM",
+        help="a client certificate that always counts as verified, even when "
+        "expired or self-signed, like a TrustConfig allowlisted certificate; "
+        "repeatable",
+    )
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
     args = parser.parse_args(argv)
 
@@ -982,6 +1064,7 @@ def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
             "metadata=http://127.0.0.1:8082",
         ]
         backends = {backend.name: backend for backend in map(parse_backend, specs)}
+        allowlist = _load_allowlist(args.allowlist_cert)
     except ValueError as error:
         parser.error(str(error))
     missing = {"token", "metadata"} - backends.keys()
@@ -1005,7 +1088,38 @@ def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
         idle_timeout_secs=args.idle_timeout,
         backend_timeout_secs=args.backend_timeout,
         header_names=lb_headers.header_names(dict(os.environ)),
+        optional_header_names=lb_headers.optional_header_names(os.environ),
+        allowlist=allowlist,
+        lb_secret=_lb_secret(os.environ),
     )
+
+
+def _load_allowlist(paths: Sequence[Path]) -> frozenset[bytes]:
+    allowlist: set[bytes] = set()
+    for path in paths:
+        try:
+            certificates = x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"--allowlist-cert {path}: not a readable PEM certificate ({error})"
+            ) from None
+        allowlist.update(
+            cert.public_bytes(serialization.Encoding.DER) for cert in certificates
+        )
+    return frozenset(allowlist)
+
+
+def _lb_secret(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """Return the secret header to send, as the URL map adds it, or None.
+
+    During a rotation ``LB_SECRET`` lists the new secret first, and the load
+    balancer sends only that one.
+    """
+    header = environ.get("LB_SECRET_HEADER", "").strip()
+    secret = environ.get("LB_SECRET", "").split(",")[0].strip()
+    if not header or not secret:
+        return None
+    return header, secret
 
 
 def _warn_about_client_id_header(header_names: Mapping[str, str]) -> None:

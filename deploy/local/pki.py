@@ -39,6 +39,7 @@ OTHER_DNS_NAME = "other-client.other.example.com"
 
 CA_VALIDITY = datetime.timedelta(days=3650)
 LEAF_VALIDITY = datetime.timedelta(days=365)
+CRL_VALIDITY = datetime.timedelta(days=7)
 # Backdating not_before keeps a fresh certificate valid on a peer whose clock
 # runs a little behind.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -101,11 +102,78 @@ def create_certificate_authority(
     return IssuedCertificate(builder.sign(key, hashes.SHA256()), key)
 
 
+def create_intermediate_authority(
+    issuer: IssuedCertificate,
+    common_name: str,
+    *,
+    key_type: KeyType = "ec",
+    validity: datetime.timedelta = CA_VALIDITY,
+) -> IssuedCertificate:
+    """Create an intermediate CA signed by ``issuer`` that may sign leaves."""
+    key = generate_private_key(key_type)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .add_extension(_key_usage(key_cert_sign=True), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer.private_key.public_key()
+            ),
+            critical=False,
+        )
+    )
+    return IssuedCertificate(builder.sign(issuer.private_key, hashes.SHA256()), key)
+
+
+def create_crl(
+    ca: IssuedCertificate,
+    revoked_serial_numbers: Sequence[int],
+    *,
+    last_update: datetime.datetime | None = None,
+    next_update: datetime.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """Create a CRL of ``ca`` that lists ``revoked_serial_numbers``.
+
+    Args:
+        ca: The CA that issued the revoked certificates and signs the CRL.
+        revoked_serial_numbers: Serials of the revoked certificates.
+        last_update: thisUpdate. Defaults to now minus a few minutes.
+        next_update: nextUpdate. Defaults to a week after now; a past time
+            makes a stale CRL.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(last_update or now - CLOCK_SKEW)
+        .next_update(next_update or now + CRL_VALIDITY)
+    )
+    for serial in revoked_serial_numbers:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - CLOCK_SKEW)
+            .build()
+        )
+    return builder.sign(ca.private_key, hashes.SHA256())
+
+
 def issue_client_certificate(
     ca_cert: x509.Certificate,
     ca_key: PrivateKey,
     *,
     common_name: str,
+    organization: str | None = None,
     spiffe_id: str | None = None,
     dns_names: Sequence[str] = (),
     uris: Sequence[str] = (),
@@ -128,6 +196,7 @@ def issue_client_certificate(
         ca_cert: The issuing CA's certificate.
         ca_key: The issuing CA's private key.
         common_name: The subject's common name.
+        organization: The subject's organization (O), or None for none.
         spiffe_id: A ``spiffe://`` URI SAN, or None for none.
         dns_names: DNSName SANs.
         uris: Further URI SANs.
@@ -147,8 +216,19 @@ def issue_client_certificate(
     ]
     names += [x509.DNSName(dns_name) for dns_name in dns_names]
     key = generate_private_key(key_type)
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization is not None:
+        attributes.insert(
+            0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)
+        )
     builder = _leaf_builder(
-        ca_cert, ca_key, key, common_name, not_before, not_after, serial_number
+        ca_cert,
+        ca_key,
+        key,
+        x509.Name(attributes),
+        not_before,
+        not_after,
+        serial_number,
     )
     builder = builder.add_extension(
         x509.BasicConstraints(ca=ca, path_length=None), critical=True
@@ -177,8 +257,9 @@ def issue_server_certificate(
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     key = generate_private_key(key_type)
     common_name = dns_names[0] if dns_names else ip_addresses[0]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
-        _leaf_builder(ca_cert, ca_key, key, common_name, None, None, None)
+        _leaf_builder(ca_cert, ca_key, key, subject, None, None, None)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(_key_usage(key_cert_sign=False), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -191,16 +272,15 @@ def _leaf_builder(
     ca_cert: x509.Certificate,
     ca_key: PrivateKey,
     key: PrivateKey,
-    common_name: str,
+    subject: x509.Name,
     not_before: datetime.datetime | None,
     not_after: datetime.datetime | None,
     serial_number: int | None,
 ) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     return (
         x509.CertificateBuilder()
-        .subject_name(name)
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(serial_number or random_serial_number())

@@ -4,6 +4,7 @@ Starts, on loopback: the IAM Credentials and STS emulators, the ``token`` and
 ``metadata`` functions under functions-framework, and the development mTLS
 gateway at https://localhost:8443 in front of them. This is a development
 tool: the gateway and emulators stand in for Google's load balancer and APIs.
+The functions enforce ``deploy/local/example-policy.yaml`` as client policy.
 
     python -m deploy.local.stack [--signing iam|local] [--routing root|url-mask]
 
@@ -28,6 +29,11 @@ from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".local"
+EXAMPLE_POLICY_FILE = Path(__file__).resolve().with_name("example-policy.yaml")
+# Settings that the gateway reads as well, so that it sends the headers, and
+# the secret, that the functions are configured to read.
+_GATEWAY_SETTINGS_PREFIX = "MTLS_HEADER_CLIENT_CERT_"
+_GATEWAY_SETTINGS = ("LB_SECRET_HEADER", "LB_SECRET")
 
 PROJECT_NUMBER = "123456789012"
 POOL_ID = "demo-pool"
@@ -64,6 +70,7 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     gateway_args: tuple[str, ...] = ()
     sts_args: tuple[str, ...] = ()
+    policy_file: Path | None = EXAMPLE_POLICY_FILE
 
     @property
     def pki_dir(self) -> Path:
@@ -131,6 +138,29 @@ def function_environment(config: StackConfig) -> dict[str, str]:
     return env
 
 
+def stack_function_environment(config: StackConfig) -> dict[str, str]:
+    """Return the functions' environment in the stack: with the client policy.
+
+    ``CLIENT_POLICY_FILE`` in ``config.extra_env`` wins, and an empty value
+    there turns the policy off.
+    """
+    env = function_environment(config)
+    if config.policy_file is not None and "CLIENT_POLICY_FILE" not in config.extra_env:
+        env["CLIENT_POLICY_FILE"] = str(config.policy_file)
+    return env
+
+
+def gateway_environment(config: StackConfig) -> dict[str, str]:
+    """Return the gateway's environment, with the header and secret settings."""
+    env = base_environment()
+    env.update(
+        (name, value)
+        for name, value in config.extra_env.items()
+        if name.startswith(_GATEWAY_SETTINGS_PREFIX) or name in _GATEWAY_SETTINGS
+    )
+    return env
+
+
 @dataclass
 class _Process:
     name: str
@@ -180,7 +210,7 @@ class LocalStack:
             ],
             base_environment(),
         )  # fmt: skip
-        env = function_environment(config)
+        env = stack_function_environment(config)
         for target, port in (
             ("token", config.token_port),
             ("metadata", config.metadata_port),
@@ -211,7 +241,7 @@ class LocalStack:
                 "--routing", config.routing,
                 *config.gateway_args,
             ],
-            base_environment(),
+            gateway_environment(config),
         )  # fmt: skip
         for process in self._processes:
             self._wait_until_listening(process)

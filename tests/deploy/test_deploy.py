@@ -1140,7 +1140,9 @@ def test_deploy_secrets_mounted(harness: Harness) -> None:
     (harness.root / "policy.yaml").write_text("clients: []\n")
     (harness.root / "crl.pem").write_text("crl\n")
     config = harness.write_config(
-        CLIENT_POLICY_SOURCE="policy.yaml", CRL_SOURCE="crl.pem"
+        CLIENT_POLICY_SOURCE="policy.yaml",
+        CRL_SOURCE="crl.pem",
+        MTLS_HEADER_CLIENT_CERT_ISSUER_DN="X-Client-Cert-Issuer-DN",
     )
 
     result = harness.run(DEPLOY_SH, "--config", str(config))
@@ -1158,6 +1160,7 @@ def test_deploy_secrets_mounted(harness: Harness) -> None:
     env = yaml.safe_load((harness.work_dir / "env-vars.yaml").read_text())
     assert env["CLIENT_POLICY_FILE"] == "/etc/token-service/client-policy/policy.yaml"
     assert env["CRL_FILE"] == "/etc/token-service/crl/crl.pem"
+    assert env["MTLS_HEADER_CLIENT_CERT_ISSUER_DN"] == "X-Client-Cert-Issuer-DN"
 
 
 def test_deploy_lb_secret_never_in_argv(harness: Harness) -> None:

@@ -583,7 +583,10 @@ def test_shell_assignments_eval_in_bash(tmp_path: Path) -> None:
 
 def test_set_secrets_value_lists_files_and_lb_secret(tmp_path: Path) -> None:
     settings = settings_for(
-        tmp_path, TRUSTED_CA_SOURCE="bundle.pem", LB_SECRET_HEADER="X-LB-Secret"
+        tmp_path,
+        TRUSTED_CA_SOURCE="bundle.pem",
+        MTLS_HEADER_CLIENT_CERT_LEAF="X-Client-Cert-Leaf",
+        LB_SECRET_HEADER="X-LB-Secret",
     )
 
     value = render.set_secrets_value(render.derive_names(settings))
@@ -592,3 +595,43 @@ def test_set_secrets_value_lists_files_and_lb_secret(tmp_path: Path) -> None:
         "/etc/token-service/trusted-ca/bundle.pem=ts-test-trusted-ca:latest,"
         "LB_SECRET=ts-test-lb-secret:latest"
     )
+
+
+def test_optional_headers_forwarded(tmp_path: Path) -> None:
+    config = write_optional_config(
+        tmp_path,
+        MTLS_HEADER_CLIENT_CERT_ISSUER_DN="X-Client-Cert-Issuer-DN",
+        MTLS_HEADER_CLIENT_CERT_LEAF="X-Client-Cert-Leaf",
+    )
+    settings = render.load_settings(config)
+    flags = render.custom_request_headers(settings)
+
+    assert "X-Client-Cert-Issuer-DN:{client_cert_issuer_dn}" in flags
+    assert "X-Client-Cert-Leaf:{client_cert_leaf}" in flags
+    assert len(flags) == 12
+
+
+def test_crl_without_issuer_rejected(tmp_path: Path) -> None:
+    crl = tmp_path / "crl.pem"
+    crl.write_text("placeholder")
+    config = write_optional_config(tmp_path, CRL_SOURCE=str(crl))
+
+    with pytest.raises(render.ConfigError, match="CRL_SOURCE needs the issuer"):
+        render.load_settings(config)
+
+
+def write_optional_config(tmp_path: Path, **extra: str) -> Path:
+    """Write a minimal valid config with ``extra`` settings added."""
+    root = tmp_path / "root.pem"
+    root.write_text("placeholder")
+    lines = {
+        "PROJECT_ID": "demo-project",
+        "REGION": "europe-west1",
+        "PUBLIC_FQDN": "token.example.com",
+        "WIF_POOL_ID": "demo-pool",
+        "CA_ROOT_FILES": str(root),
+        **extra,
+    }
+    path = tmp_path / "optional.env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in lines.items()))
+    return path

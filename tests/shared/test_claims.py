@@ -61,14 +61,20 @@ def test_client_claim_first_sans() -> None:
         "x5_urisan": CLIENT_URI_SANS[0],
         "x5_sha256": LB_FINGERPRINT,
         "x5_serial": LB_SERIAL,
+        "x5_dnssans": list(CLIENT_DNS_SANS),
+        "x5_urisans": list(CLIENT_URI_SANS),
     }
 
 
 def test_absent_facts_empty_strings() -> None:
     client = claims_for(ClientCertificate(present=True, chain_verified=True))["client"]
-    assert client == dict.fromkeys(
-        ("x5_spiffe", "x5_dnssan", "x5_urisan", "x5_sha256", "x5_serial"), ""
-    )
+    assert client == {
+        **dict.fromkeys(
+            ("x5_spiffe", "x5_dnssan", "x5_urisan", "x5_sha256", "x5_serial"), ""
+        ),
+        "x5_dnssans": [],
+        "x5_urisans": [],
+    }
 
 
 def test_jti_unique_per_token() -> None:

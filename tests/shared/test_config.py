@@ -454,13 +454,6 @@ def test_header_name_invalid(
         ("MTLS_HEADER_CLIENT_CERT_SERIAL_NUMBER", "X-Client-Cert-Spiffe"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/config.py _header_names checks each header name's syntax but not "
-    "that the names differ, so CHAIN_VERIFIED can read the PRESENT header and "
-    "an unverified chain passes; fix: raise ConfigurationError naming both "
-    "settings when two resolve to the same case-insensitive name",
-)
 def test_duplicate_header_names_rejected(
     service_env: dict[str, str], setting: str, value: str
 ) -> None:

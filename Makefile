@@ -39,5 +39,14 @@ unit: $(STAMP)
 	NO_GCE_CHECK=true GCE_METADATA_HOST=127.0.0.1:9 GCE_METADATA_IP=127.0.0.1:9 \
 		$(BIN)/python -m pytest -m "not e2e" tests/shared tests/functions
 
+## bench: measure the token function, write docs/benchmarks.md (needs wrk)
+bench: $(STAMP)
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.run
+
+## soak: 32 clients for 4 x 60 s on the local stack, write docs/soak.md
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
 clean:
 	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

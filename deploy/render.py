@@ -275,7 +275,7 @@ def _build_settings(values: dict[str, str], base: Path) -> Settings:
         header_names=headers,
         ca_root_files=_paths(get("CA_ROOT_FILES", ""), base),
         ca_intermediate_files=_paths(get("CA_INTERMEDIATE_FILES", ""), base),
-        workers=_integer(get("WORKERS", "2"), "WORKERS", 1, 64),
+        workers=_integer(get("WORKERS", "1"), "WORKERS", 1, 64),
         threads=_integer(get("THREADS", "8"), "THREADS", 1, 1000),
         runtime=_matching(get("RUNTIME", "python312"), _RUNTIME, "RUNTIME"),
         memory=_matching(get("MEMORY", "512Mi"), _MEMORY, "MEMORY"),

@@ -19,18 +19,12 @@ from dataclasses import dataclass
 from functions.metadata_endpoint import MetadataEndpoint
 from functions.token_endpoint import ClientControls, TokenEndpoint
 from shared.config import ConfigurationError, Settings, load_settings
-from shared.federation import GoogleTokenExchanger, TokenExchanger
-from shared.iam_credentials import (
-    IamSigner,
-    Impersonator,
-    resolve_service_account_email,
-)
+from shared.federation import LazyTokenExchanger, TokenExchanger
 from shared.leaf_cert import ChainVerifier
 from shared.policy import load_policy
 from shared.revocation import RevocationLists
 from shared.signing import LocalKeySigner, Signer
 from shared.structured_log import configure_logging
-from shared.sts_exchange import StsClient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -145,15 +139,28 @@ def _warn_about_stale_crls(controls: ClientControls) -> None:
 def _build_signer(settings: Settings) -> Signer:
     if settings.uses_local_key:
         return LocalKeySigner.from_files(settings.signing_key_files)
+    from shared.iam_credentials import IamSigner, resolve_service_account_email
+
     email = resolve_service_account_email(settings)
     return IamSigner(email, settings.iam_credentials_endpoint, settings.upstream)
 
 
 def _build_exchanger(settings: Settings) -> TokenExchanger:
-    sts = StsClient(
-        settings.sts_endpoint,
-        settings.workload_identity.resource_name,
-        settings.upstream,
-    )
-    impersonator = Impersonator(settings.iam_credentials_endpoint, settings.upstream)
-    return GoogleTokenExchanger(sts, impersonator)
+    def build() -> TokenExchanger:
+        # Imported on the first exchange: ID-token-only instances never need
+        # google-auth's STS client or the IAM Credentials client.
+        from shared.federation import GoogleTokenExchanger
+        from shared.iam_credentials import Impersonator
+        from shared.sts_exchange import StsClient
+
+        sts = StsClient(
+            settings.sts_endpoint,
+            settings.workload_identity.resource_name,
+            settings.upstream,
+        )
+        impersonator = Impersonator(
+            settings.iam_credentials_endpoint, settings.upstream
+        )
+        return GoogleTokenExchanger(sts, impersonator)
+
+    return LazyTokenExchanger(build)

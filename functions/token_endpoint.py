@@ -20,13 +20,13 @@ import flask
 from shared import responses
 from shared.claims import IdTokenRequest, build_id_token_claims
 from shared.client_cert import (
+    CertificateHeaderParser,
     ClientCertificate,
     apply_leaf,
     authenticate_client,
     certificate_labels,
     check_lb_secret,
     check_validity,
-    parse_certificate_headers,
 )
 from shared.config import Settings
 from shared.discovery import TOKEN_PATH, resolve_issuer
@@ -90,6 +90,7 @@ class TokenEndpoint:
         self._signer = signer
         self._exchanger = exchanger
         self._controls = controls or ClientControls()
+        self._certificate_parser = CertificateHeaderParser(settings.headers)
         self._issuer_warning_logged = False
 
     def handle(self, request: flask.Request) -> flask.Response:
@@ -188,7 +189,7 @@ class TokenEndpoint:
     ) -> tuple[ClientCertificate, str]:
         """Establish who the client is and that its certificate is valid now."""
         settings = self._settings
-        cert = parse_certificate_headers(request.headers, settings.headers)
+        cert = self._certificate_parser.parse(request.headers)
         # The header facts are logged even when the secret is wrong, to show
         # what a request that bypassed the load balancer claimed to be.
         header_labels = certificate_labels(cert)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import hmac
 import re
 from collections.abc import Callable, Mapping
@@ -151,6 +152,38 @@ def parse_certificate_headers(
         missing_headers=missing,
         problems=tuple(problems),
     )
+
+
+class CertificateHeaderParser:
+    """Parses certificate headers, remembering the results for recent values.
+
+    A client presents the same certificate on every request, so its headers
+    repeat; parsing is a pure function of the header values, and the result
+    is immutable, so a bounded cache of recent values is safe to share
+    between threads.
+    """
+
+    def __init__(self, names: HeaderNames, cache_size: int = 1024) -> None:
+        self._names = names
+        self._header_names = tuple(
+            dict.fromkeys([*names.by_key.values(), *names.optional.values()])
+        )
+        self._parse_values = functools.lru_cache(maxsize=cache_size)(
+            self._parse_uncached
+        )
+
+    def parse(self, headers: Mapping[str, str] | Headers) -> ClientCertificate:
+        """Return the certificate facts of ``headers``."""
+        values = tuple(headers.get(name) for name in self._header_names)
+        return self._parse_values(values)
+
+    def _parse_uncached(self, values: tuple[str | None, ...]) -> ClientCertificate:
+        present = {
+            name: value
+            for name, value in zip(self._header_names, values, strict=True)
+            if value is not None
+        }
+        return parse_certificate_headers(present, self._names)
 
 
 def client_id_of(cert: ClientCertificate, names: HeaderNames) -> str:
@@ -442,6 +475,11 @@ def authenticate_client(cert: ClientCertificate, names: HeaderNames) -> str:
 
 def certificate_labels(cert: ClientCertificate) -> dict[str, str]:
     """Return the certificate's public facts as log labels."""
+    return dict(_certificate_labels(cert))
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_labels(cert: ClientCertificate) -> dict[str, str]:
     labels = {
         "cert_present": str(cert.present).lower(),
         "cert_chain_verified": str(cert.chain_verified).lower(),

@@ -7,6 +7,8 @@ impersonate the account through IAM Credentials ``generateAccessToken``.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -73,4 +75,41 @@ class GoogleTokenExchanger:
         federated = self._sts.exchange(id_token, (self.IAM_SCOPE,), deadline)
         return self._impersonator.generate_access_token(
             federated.token, service_account, scopes, lifetime_seconds, deadline
+        )
+
+
+class LazyTokenExchanger:
+    """Builds the real exchanger on first use.
+
+    An instance that only issues ID tokens never imports the STS and IAM
+    client code, which keeps its cold start short.
+    """
+
+    def __init__(self, factory: Callable[[], TokenExchanger]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._exchanger: TokenExchanger | None = None
+
+    def _get(self) -> TokenExchanger:
+        if self._exchanger is None:
+            with self._lock:
+                if self._exchanger is None:
+                    self._exchanger = self._factory()
+        return self._exchanger
+
+    def federated_token(
+        self, id_token: str, scopes: tuple[str, ...], deadline: Deadline
+    ) -> AccessToken:
+        return self._get().federated_token(id_token, scopes, deadline)
+
+    def service_account_token(
+        self,
+        id_token: str,
+        scopes: tuple[str, ...],
+        service_account: str,
+        lifetime_seconds: int,
+        deadline: Deadline,
+    ) -> AccessToken:
+        return self._get().service_account_token(
+            id_token, scopes, service_account, lifetime_seconds, deadline
         )

@@ -87,7 +87,15 @@ class StsClient:
         self._audience = audience
         self._policy = policy
         self._client = sts.Client(endpoint)
-        self._session: ProcessLocal[requests.Session] = ProcessLocal(requests.Session)
+        # One transport per process, reused: google-auth's Request closes its
+        # session when the object is garbage-collected (google-auth 2.63,
+        # Request.__del__), so a Request per call would drop the connection
+        # pool after every exchange.
+        self._transport: ProcessLocal[google.auth.transport.requests.Request] = (
+            ProcessLocal(
+                lambda: google.auth.transport.requests.Request(requests.Session())
+            )
+        )
 
     def exchange(
         self, id_token: str, scopes: tuple[str, ...], deadline: Deadline
@@ -101,8 +109,7 @@ class StsClient:
         """
 
         def attempt(timeout: float) -> AccessToken:
-            transport = google.auth.transport.requests.Request(self._session.get())
-            request = _DeadlineRequest(transport, timeout)
+            request = _DeadlineRequest(self._transport.get(), timeout)
             try:
                 response = self._client.exchange_token(
                     request=request,

@@ -1003,7 +1003,7 @@ def test_deploy_env_vars_file(harness: Harness, layout: str, issuer: str) -> Non
     assert env["MTLS_HEADER_CLIENT_ID"] == "X-Client-Cert-Hash"
     assert env["SERVICE_ACCOUNT_EMAIL"] == SERVICE_ACCOUNT
     assert env["GOOGLE_CLOUD_PROJECT"] == "test-project"
-    assert env["WORKERS"] == "2"
+    assert env["WORKERS"] == "1"
     assert env["THREADS"] == "8"
     for header in lb_headers.CERTIFICATE_HEADERS:
         assert env[header.setting] == header.default_name

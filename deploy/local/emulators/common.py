@@ -375,6 +375,9 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = IDLE_CONNECTION_TIMEOUT_SECONDS
+    # Without TCP_NODELAY a kept-alive response waits for the client's
+    # delayed ACK, about 40 ms on Linux, which swamps any latency setting.
+    disable_nagle_algorithm = True
     server: EmulatorServer
 
     def version_string(self) -> str:

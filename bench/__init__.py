@@ -1,0 +1,1 @@
+"""Benchmark and soak harness of the token service; see bench/README.md."""

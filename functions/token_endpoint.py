@@ -103,6 +103,9 @@ class TokenEndpoint:
         external = False
         with request_context(context):
             try:
+                # Every refusal, even of a malformed request, names the client
+                # by the certificate facts the load balancer sent.
+                labels.update(self.certificate_labels(request))
                 body = self._read_body(request)
                 external = requests_external_credential(body)
                 return self._issue(request, body, labels)
@@ -125,6 +128,10 @@ class TokenEndpoint:
                 if external:
                     return responses.external_credential_error(failure)
                 return responses.oauth_error_response(failure)
+
+    def certificate_labels(self, request: flask.Request) -> dict[str, str]:
+        """Return the log labels of the certificate headers, unverified."""
+        return certificate_labels(self._certificate_parser.parse(request.headers))
 
     def _read_body(self, request: flask.Request) -> bytes:
         if request.path != TOKEN_PATH:

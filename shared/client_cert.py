@@ -88,6 +88,9 @@ class ClientCertificate:
     facts_source: str = "headers"
     missing_headers: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    # The client id header is a SAN header holding several comma-separated
+    # parts, which cannot be told apart from a repeated header.
+    client_id_ambiguous: bool = False
 
     @property
     def verified(self) -> bool:
@@ -151,7 +154,25 @@ def parse_certificate_headers(
         leaf_invalid=leaf_invalid,
         missing_headers=missing,
         problems=tuple(problems),
+        client_id_ambiguous=_san_client_id_ambiguous(headers, names),
     )
+
+
+def _san_client_id_ambiguous(
+    headers: Mapping[str, str] | Headers, names: HeaderNames
+) -> bool:
+    # gunicorn joins a repeated header's values with ",", the separator of
+    # the per-entry SAN encoding too; a client id from such a value could be
+    # the first copy of a forged header. Refusing costs certificates with
+    # several SANs of that type, under the per-entry reading, their use of a
+    # SAN header as the client id; the fingerprint or SPIFFE header still works.
+    if names.client_id_key not in (
+        lb_headers.URI_SANS.key,
+        lb_headers.DNSNAME_SANS.key,
+    ):
+        return False
+    raw = headers.get(names.client_id) or ""
+    return "," in raw.strip()
 
 
 class CertificateHeaderParser:
@@ -189,6 +210,8 @@ class CertificateHeaderParser:
 def client_id_of(cert: ClientCertificate, names: HeaderNames) -> str:
     """Return the client id: the configured header's value, or its first SAN."""
     key = names.client_id_key
+    if cert.client_id_ambiguous:
+        return ""
     if key == "sha256_fingerprint":
         return cert.sha256_fingerprint
     if key == "spiffe_id":
@@ -406,7 +429,14 @@ def _with_leaf_facts(
     )
     if dropped:
         problems += (names.optional_name(lb_headers.LEAF.key) or "leaf",)
-    return dataclasses.replace(cert, facts_source="leaf", problems=problems, **values)
+    # SANs from the leaf are unambiguous, whatever the SAN headers held.
+    return dataclasses.replace(
+        cert,
+        facts_source="leaf",
+        problems=problems,
+        client_id_ambiguous=False,
+        **values,
+    )
 
 
 def check_validity(cert: ClientCertificate, now: datetime) -> None:
@@ -462,6 +492,15 @@ def authenticate_client(cert: ClientCertificate, names: HeaderNames) -> str:
             f"({cert.error or 'no error reported'}); check the TrustConfig",
         )
 
+    if cert.client_id_ambiguous:
+        raise InvalidClientError(
+            reason="client_id_ambiguous",
+            log_labels={"client_id_header": names.client_id},
+            detail=f"header {names.client_id} holds several comma-separated "
+            "values, which cannot be told apart from a repeated header; use the "
+            "fingerprint or SPIFFE header as MTLS_HEADER_CLIENT_ID for "
+            "certificates with several SANs",
+        )
     client_id = client_id_of(cert, names)
     if not client_id:
         raise InvalidClientError(

@@ -167,7 +167,7 @@ def _load_der_certificate(der: bytes) -> x509.Certificate | None:
         certificate.subject.rfc4514_string()
         certificate.issuer.rfc4514_string()
         describe_leaf(certificate)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         return None
     return certificate
 

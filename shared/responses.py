@@ -78,7 +78,9 @@ def external_credential_error(error: OAuthError) -> flask.Response:
     )
 
 
-def framework_error_response(status_code: int) -> flask.Response:
+def framework_error_response(
+    status_code: int, labels: Mapping[str, str] | None = None
+) -> flask.Response:
     """Return OAuth JSON for an error that Flask or functions-framework raised.
 
     functions-framework answers ``/robots.txt`` and ``/favicon.ico`` itself
@@ -98,6 +100,7 @@ def framework_error_response(status_code: int) -> flask.Response:
         error.reason,
         extra={
             "labels": {
+                **(labels or {}),
                 "event": "request.refused",
                 "error": error.error,
                 "reason": error.reason,

@@ -39,6 +39,9 @@ from werkzeug.test import TestResponse  # noqa: E402
 
 from shared import lb_headers  # noqa: E402
 
+# Fails the session when any log line of the suite leaks a token or a key.
+pytest_plugins = ("tests.log_hygiene",)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN_SOURCE = str(REPO_ROOT / "main.py")
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"

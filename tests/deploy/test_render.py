@@ -123,7 +123,7 @@ def test_load_settings_defaults(tmp_path: Path) -> None:
 
     assert settings.layout == "single-neg"
     assert settings.token_validity == 5
-    assert settings.workers == 2
+    assert settings.workers == 1
     assert settings.threads == 8
     assert settings.runtime == "python312"
     assert settings.client_id_header == "X-Client-Cert-Hash"

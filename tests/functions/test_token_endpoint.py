@@ -234,9 +234,12 @@ def test_client_claim_strings_empty(
     ("client_id_header", "sans_header", "client_id"),
     [
         ("X-Client-Cert-Spiffe", None, CLIENT_SPIFFE_ID),
-        ("X-Client-Cert-URI-SANs", None, CLIENT_URI_SANS[0]),
-        ("X-Client-Cert-DNSName-SANs", None, CLIENT_DNS_SANS[0]),
-        # The whole-list reading of the LB's SAN format.
+        # The whole-list reading of the LB's SAN format: one base64 part.
+        (
+            "X-Client-Cert-URI-SANs",
+            b64(",".join(CLIENT_URI_SANS)),
+            CLIENT_URI_SANS[0],
+        ),
         (
             "X-Client-Cert-DNSName-SANs",
             b64(",".join(CLIENT_DNS_SANS)),
@@ -261,6 +264,19 @@ def test_client_id_from_header(
     assert claims["sub"] == client_id
     assert claims["client_id"] == client_id
     assert claims["client"]["x5_dnssan"] == CLIENT_DNS_SANS[0]
+
+
+@pytest.mark.parametrize(
+    "client_id_header", ["X-Client-Cert-URI-SANs", "X-Client-Cert-DNSName-SANs"]
+)
+def test_per_entry_san_client_id_refused(
+    token_client: TokenClient, mtls_headers: dict[str, str], client_id_header: str
+) -> None:
+    # The fixture's SAN headers hold two per-entry parts, which cannot be
+    # told apart from a header that arrived twice.
+    client = token_client(MTLS_HEADER_CLIENT_ID=client_id_header)
+    response = post_token(client, GRANT, mtls_headers)
+    assert_oauth_error(response, 401, "invalid_client")
 
 
 def test_client_id_from_fingerprint(

@@ -9,7 +9,6 @@ nothing here looks at the certificate headers. An issuer with a path, such as
 from __future__ import annotations
 
 import logging
-import threading
 
 import flask
 
@@ -19,9 +18,9 @@ from shared.discovery import (
     JWKS_PATH,
     OAUTH_AUTHORIZATION_SERVER,
     OPENID_CONFIGURATION,
+    IssuerResolver,
     discovery_document,
     issuer_path,
-    resolve_issuer,
 )
 from shared.errors import MethodNotAllowedError, NotFoundError, OAuthError, ServerError
 from shared.signing import Signer
@@ -44,8 +43,7 @@ class MetadataEndpoint:
     def __init__(self, settings: Settings, signer: Signer) -> None:
         self._settings = settings
         self._signer = signer
-        self._issuer_warning = threading.Lock()
-        self._issuer_warning_logged = False
+        self._issuers = IssuerResolver(settings.issuer)
 
     def handle(self, request: flask.Request) -> flask.Response:
         """Answer one metadata request; never raises."""
@@ -78,9 +76,7 @@ class MetadataEndpoint:
     def _route(self, request: flask.Request) -> flask.Response:
         if request.method not in _ALLOWED_METHODS:
             raise MethodNotAllowedError(_ALLOWED_METHODS, reason="method_not_allowed")
-        issuer = resolve_issuer(self._settings.issuer, request.headers.get("Host"))
-        if self._settings.issuer is None:
-            self._warn_issuer_from_host(issuer)
+        issuer = self._issuers.resolve(request.headers.get("Host"))
         base = issuer_path(issuer)
         path = request.path
 
@@ -110,19 +106,6 @@ class MetadataEndpoint:
         if path == base + JWKS_PATH and jwks is not None:
             return responses.json_response(jwks, 200, {"Cache-Control": CACHE_CONTROL})
         raise NotFoundError(reason="unknown_path")
-
-    def _warn_issuer_from_host(self, issuer: str) -> None:
-        with self._issuer_warning:
-            if self._issuer_warning_logged:
-                return
-            self._issuer_warning_logged = True
-        _LOGGER.warning(
-            "TOKEN_ISSUER is not set, so the issuer %s comes from the Host "
-            "header; set TOKEN_ISSUER to the public URL so that the issuer "
-            "cannot change with the Host a client sends",
-            issuer,
-            extra={"labels": {"event": "config.issuer_from_host"}},
-        )
 
     def _jwks_uri(self, issuer: str) -> str:
         return (

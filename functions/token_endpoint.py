@@ -29,7 +29,7 @@ from shared.client_cert import (
     check_validity,
 )
 from shared.config import Settings
-from shared.discovery import TOKEN_PATH, resolve_issuer
+from shared.discovery import TOKEN_PATH, IssuerResolver
 from shared.errors import (
     InvalidClientError,
     InvalidRequestError,
@@ -91,7 +91,7 @@ class TokenEndpoint:
         self._exchanger = exchanger
         self._controls = controls or ClientControls()
         self._certificate_parser = CertificateHeaderParser(settings.headers)
-        self._issuer_warning_logged = False
+        self._issuers = IssuerResolver(settings.issuer)
 
     def handle(self, request: flask.Request) -> flask.Response:
         """Answer one token request; never raises."""
@@ -163,7 +163,7 @@ class TokenEndpoint:
         decision = self._authorize(cert, token_request, labels)
         _check_request_for_client(token_request, client_id)
 
-        issuer = self._issuer(request)
+        issuer = self._issuers.resolve(request.headers.get("Host"))
         deadline = Deadline(self._settings.upstream.deadline_seconds)
         claims = self._claims(issuer, client_id, cert, decision, int(now))
         id_token = self._signer.sign(claims, deadline)
@@ -230,19 +230,6 @@ class TokenEndpoint:
         labels.update(decision.log_labels)
         decision.check_request(token_request)
         return decision
-
-    def _issuer(self, request: flask.Request) -> str:
-        issuer = resolve_issuer(self._settings.issuer, request.headers.get("Host"))
-        if self._settings.issuer is None and not self._issuer_warning_logged:
-            self._issuer_warning_logged = True
-            _LOGGER.warning(
-                "TOKEN_ISSUER is not set, so the issuer %s comes from the Host "
-                "header; set TOKEN_ISSUER to the public URL so that the issuer "
-                "cannot change with the Host a client sends",
-                issuer,
-                extra={"labels": {"event": "config.issuer_from_host"}},
-            )
-        return issuer
 
     def _claims(
         self,

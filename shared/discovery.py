@@ -8,11 +8,15 @@ come from ``resolve_issuer``.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
 from shared.errors import InvalidRequestError
+
+_LOGGER = logging.getLogger(__name__)
 
 OPENID_CONFIGURATION = "/.well-known/openid-configuration"
 OAUTH_AUTHORIZATION_SERVER = "/.well-known/oauth-authorization-server"
@@ -77,3 +81,36 @@ def discovery_document(
         "token_endpoint_auth_methods_supported": ["tls_client_auth"],
         "tls_client_certificate_bound_access_tokens": False,
     }
+
+
+class IssuerResolver:
+    """Resolves each request's issuer, warning once when it comes from Host."""
+
+    def __init__(self, configured: str | None) -> None:
+        self._configured = configured
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def resolve(self, host: str | None) -> str:
+        """Return the issuer for a request with this Host header.
+
+        Raises:
+            InvalidRequestError: See ``resolve_issuer``.
+        """
+        issuer = resolve_issuer(self._configured, host)
+        if self._configured is None and not self._warned:
+            self._warn(issuer)
+        return issuer
+
+    def _warn(self, issuer: str) -> None:
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        _LOGGER.warning(
+            "TOKEN_ISSUER is not set, so the issuer %s comes from the Host "
+            "header; set TOKEN_ISSUER to the public URL so that the issuer "
+            "cannot change with the Host a client sends",
+            issuer,
+            extra={"labels": {"event": "config.issuer_from_host"}},
+        )

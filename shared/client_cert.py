@@ -162,10 +162,10 @@ def _san_client_id_ambiguous(
     headers: Mapping[str, str] | Headers, names: HeaderNames
 ) -> bool:
     # gunicorn joins a repeated header's values with ",", the separator of
-    # the per-entry SAN encoding too; a client id from such a value could be
-    # the first copy of a forged header. Refusing costs certificates with
-    # several SANs of that type, under the per-entry reading, their use of a
-    # SAN header as the client id; the fingerprint or SPIFFE header still works.
+    # the per-entry SAN encoding too, so a client id from such a value could
+    # come from the first copy of a forged header. The cost: under the
+    # per-entry reading, a certificate with several SANs of that type cannot
+    # use a SAN header as its client id. The fingerprint or SPIFFE header can.
     if names.client_id_key not in (
         lb_headers.URI_SANS.key,
         lb_headers.DNSNAME_SANS.key,
@@ -179,9 +179,8 @@ class CertificateHeaderParser:
     """Parses certificate headers, remembering the results for recent values.
 
     A client presents the same certificate on every request, so its headers
-    repeat; parsing is a pure function of the header values, and the result
-    is immutable, so a bounded cache of recent values is safe to share
-    between threads.
+    repeat. Parsing is a pure function of the header values and its result
+    is immutable, which makes a bounded cache safe to share between threads.
     """
 
     def __init__(self, names: HeaderNames, cache_size: int = 1024) -> None:

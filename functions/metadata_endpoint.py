@@ -74,38 +74,37 @@ class MetadataEndpoint:
                 return responses.oauth_error_response(ServerError())
 
     def _route(self, request: flask.Request) -> flask.Response:
-        if request.method not in _ALLOWED_METHODS:
-            raise MethodNotAllowedError(_ALLOWED_METHODS, reason="method_not_allowed")
         issuer = self._issuers.resolve(request.headers.get("Host"))
         base = issuer_path(issuer)
         path = request.path
-
-        if path in (base, base + "/") or (not base and path == "/"):
-            return flask.Response(
-                status=307,
-                headers={
-                    "Location": issuer + OPENID_CONFIGURATION,
-                    "Cache-Control": CACHE_CONTROL,
-                },
-            )
+        jwks = self._signer.public_jwks()
         metadata_paths = {
             base + OPENID_CONFIGURATION,
             base + OAUTH_AUTHORIZATION_SERVER,
         }
         if base:
-            # RFC 8414 §3 inserts the well-known segment before the path.
+            # RFC 8414 §3.1 inserts the well-known segment before the path.
             metadata_paths.add(OAUTH_AUTHORIZATION_SERVER + base)
-        if path in metadata_paths:
-            document = discovery_document(
-                issuer, self._jwks_uri(issuer), self._signer.algorithms
-            )
+        is_root = path in (base, base + "/") or (not base and path == "/")
+        is_jwks = path == base + JWKS_PATH and jwks is not None
+        if not (is_root or is_jwks or path in metadata_paths):
+            raise NotFoundError(reason="unknown_path")
+        if request.method not in _ALLOWED_METHODS:
+            raise MethodNotAllowedError(_ALLOWED_METHODS, reason="method_not_allowed")
+
+        if is_root:
+            location = issuer + OPENID_CONFIGURATION
             return responses.json_response(
-                document, 200, {"Cache-Control": CACHE_CONTROL}
+                {"location": location},
+                307,
+                {"Location": location, "Cache-Control": CACHE_CONTROL},
             )
-        jwks = self._signer.public_jwks()
-        if path == base + JWKS_PATH and jwks is not None:
+        if is_jwks and jwks is not None:
             return responses.json_response(jwks, 200, {"Cache-Control": CACHE_CONTROL})
-        raise NotFoundError(reason="unknown_path")
+        document = discovery_document(
+            issuer, self._jwks_uri(issuer), self._signer.algorithms
+        )
+        return responses.json_response(document, 200, {"Cache-Control": CACHE_CONTROL})
 
     def _jwks_uri(self, issuer: str) -> str:
         return (

@@ -247,10 +247,13 @@ class LocalStack:
             self._wait_until_listening(process)
 
     def stop(self) -> None:
-        """Stop every process, gracefully first."""
+        """Stop every process and its workers, gracefully first.
+
+        Each process leads its own process group, so gunicorn's workers are
+        signalled with their master and none outlives the stack holding a port.
+        """
         for process in reversed(self._processes):
-            if process.popen.poll() is None:
-                process.popen.send_signal(signal.SIGTERM)
+            _signal_group(process.popen, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for process in self._processes:
             remaining = max(0.1, deadline - time.monotonic())
@@ -259,6 +262,8 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 process.popen.kill()
                 process.popen.wait(timeout=5)
+            # Workers that ignored SIGTERM, or lost their master, go too.
+            _signal_group(process.popen, signal.SIGKILL)
         self._processes.clear()
 
     def exited(self) -> list[str]:
@@ -294,6 +299,9 @@ class LocalStack:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # Its own process group: Ctrl-C in a terminal reaches only the
+            # stack runner, which then stops each group in order.
+            start_new_session=True,
         )
         self._processes.append(_Process(name, popen, port))
         threading.Thread(
@@ -332,6 +340,11 @@ class LocalStack:
             f"{process.name} did not listen on port {process.port} within "
             f"{READY_TIMEOUT_SECONDS:g} s"
         )
+
+
+def _signal_group(popen: subprocess.Popen[str], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signum)
 
 
 @contextlib.contextmanager

@@ -311,3 +311,26 @@ def test_head_discovery_no_body(metadata_client: MetadataClient) -> None:
     response = metadata_client().head(DISCOVERY)
     assert response.status_code == 200
     assert response.get_data() == b""
+
+
+def test_post_unknown_path_404(metadata_client: MetadataClient) -> None:
+    # Behind the root layout every path but /token reaches this function, so
+    # an unknown path is a 404 whatever the method.
+    response = metadata_client().post("/nope")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "invalid_request"
+
+
+def test_redirect_body_json(metadata_client: MetadataClient) -> None:
+    response = metadata_client().get("/", headers={"Host": "broker.example.com"})
+    assert response.status_code == 307
+    assert response.mimetype == "application/json"
+    assert response.get_json()["location"] == response.headers["Location"]
+
+
+def test_jwks_has_no_key_ops(metadata_client: MetadataClient) -> None:
+    # RFC 7517 §4.3: "use" and "key_ops" should not be used together.
+    response = metadata_client().get("/jwks", headers={"Host": "broker.example.com"})
+    for key in response.get_json()["keys"]:
+        assert "key_ops" not in key
+        assert key["use"] == "sig"

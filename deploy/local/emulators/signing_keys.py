@@ -37,6 +37,9 @@ class SigningKey:
         jwk: dict[str, Any] = RSAAlgorithm.to_jwk(
             self.private_key.public_key(), as_dict=True
         )
+        # PyJWT adds key_ops, which RFC 7517 §4.3 says not to combine with
+        # use; Google's JWKS has only use.
+        jwk.pop("key_ops", None)
         jwk.update({"alg": "RS256", "use": "sig", "kid": self.key_id})
         return jwk
 

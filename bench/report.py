@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.cold_start import ColdStartResults
 from bench.measure import Sample
@@ -36,6 +37,9 @@ ADDED_LATENCY_TARGETS_MS = {1: 2.0, 16: 5.0}
 CONNECTIONS_PER_CALL_TARGET = 0.1
 _MB = 2**20
 _IMPORT_ROWS = 14
+
+# Profiling notes that explain the missed targets, rendered into the report.
+FINDINGS_FILE = Path(__file__).with_name("findings.md")
 
 
 @dataclass
@@ -558,6 +562,9 @@ def render_markdown(results: BenchResults) -> str:
         _method_text(results),
         "## Targets",
         _targets_section(target_checks(results)),
+        # Hand-written analysis, kept next to the harness so every run
+        # carries it.
+        FINDINGS_FILE.read_text(encoding="utf-8").strip(),
     ]
     if results.local is not None:
         sections += [

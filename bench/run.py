@@ -135,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     attempt("local", local_suite)
     attempt("matrix", matrix_suite)
     if "upstream" not in args.skip or "cold" not in args.skip:
+        # One attempt for both, because they share one emulator stack; the
+        # function itself skips whichever of the two is left out.
         attempt(
-            "upstream", lambda: _upstream_and_cold(args, state_dir, run_dir, results)
+            "upstream and cold",
+            lambda: _upstream_and_cold(args, state_dir, run_dir, results),
         )
 
     results.elapsed_seconds = time.monotonic() - started

@@ -126,3 +126,33 @@ def test_kid_is_key_thumbprint(key_files: dict[str, Path]) -> None:
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
     digest = hashlib.sha256(canonical.encode()).digest()
     assert key.kid == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def test_inconsistent_rsa_key_rejected(tmp_path: Path) -> None:
+    # A private exponent that does not match the public key signs nothing
+    # that verifies; the load-time test signature catches it.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = good.private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=numbers.p,
+        q=numbers.q,
+        d=numbers.d ^ 2,
+        dmp1=numbers.dmp1 ^ 2,
+        dmq1=numbers.dmq1 ^ 2,
+        iqmp=numbers.iqmp,
+        public_numbers=numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    path = tmp_path / "broken.pem"
+    path.write_bytes(
+        broken.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    with pytest.raises(ConfigurationError, match="not a consistent RSA key"):
+        load_signing_key(path)

@@ -2,8 +2,8 @@
 
 ``google.oauth2.sts.Client`` passes no timeout to its transport and reports
 only the error body, not the HTTP status. ``_DeadlineRequest`` wraps the
-transport so that each attempt has a timeout and a 429 or 5xx is told apart
-from a refusal. STS API reference:
+transport so that each attempt has a timeout and a 429 or 5xx is distinguished
+from a rejection. STS API reference:
 https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token
 """
 
@@ -121,9 +121,9 @@ class StsClient:
                     requested_token_type=ACCESS_TOKEN_TYPE,
                 )
             except google.auth.exceptions.OAuthError:
-                raise _refusal(request.error_body) from None
+                raise _rejection_error(request.error_body) from None
             except ValueError:
-                # A 200 answer whose body is not JSON.
+                # A 200 response whose body is not JSON.
                 raise RetryableUpstreamError(_UPSTREAM, "malformed response") from None
             return _access_token(response)
 
@@ -144,7 +144,7 @@ def _access_token(response: Any) -> AccessToken:
     return AccessToken(token, max(0, min(seconds, MAX_EXPIRES_IN_SECONDS)))
 
 
-def _refusal(body: dict[str, Any]) -> AccessDeniedError:
+def _rejection_error(body: dict[str, Any]) -> AccessDeniedError:
     code = str(body.get("error") or "unknown_error")
     description = str(body.get("error_description") or "")
     text = safe_description(

@@ -403,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     config = StackConfig(signing=args.signing, routing=args.routing)
 
     stack = LocalStack(config, sys.stdout)
+    # Set both explicitly: a shell that starts the stack in the background
+    # leaves SIGINT ignored, and Python then installs no handler for it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         stack.start()
         print(

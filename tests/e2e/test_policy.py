@@ -223,11 +223,23 @@ def token_log_entries(config: StackConfig) -> list[dict[str, Any]]:
     return entries
 
 
-def decision_labels(config: StackConfig, fingerprint: str) -> dict[str, str]:
-    """Wait for the last token decision about a certificate; return its labels."""
+def log_position(config: StackConfig) -> int:
+    """Return how many entries the token log holds now."""
+    return len(token_log_entries(config))
+
+
+def decision_labels(
+    config: StackConfig, fingerprint: str, since: int = 0
+) -> dict[str, str]:
+    """Wait for the last token decision about a certificate; return its labels.
+
+    Only entries after position ``since`` count, so a decision that an
+    earlier test logged for the same certificate cannot be mistaken for the
+    one the caller waits for; the log reaches its file with a delay.
+    """
     deadline = time.monotonic() + LOG_WAIT_SECONDS
     while True:
-        for entry in reversed(token_log_entries(config)):
+        for entry in reversed(token_log_entries(config)[since:]):
             labels: dict[str, str] = entry.get("logging.googleapis.com/labels", {})
             if labels.get("x5_sha256") == fingerprint and labels.get(
                 "event", ""
@@ -264,8 +276,9 @@ def test_example_policy_allows_readme_flows(iam_stack: LocalStack) -> None:
 
 def test_example_policy_logs_rule(iam_stack: LocalStack) -> None:
     config = iam_stack.config
+    since = log_position(config)
     assert post_token(config).status_code == 200
-    labels = decision_labels(config, demo_fingerprint(config))
+    labels = decision_labels(config, demo_fingerprint(config), since)
     assert labels["policy_rule"] == "demo-devices"
     assert "dns_san=demo-client.example.com" in labels["policy_matched"]
 
@@ -292,11 +305,12 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("name", "reason"), REFUSALS)
 def test_certificate_refused(policy_stack: PolicyStack, name: str, reason: str) -> None:
+    since = log_position(policy_stack.config)
     response = policy_stack.post(name)
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     labels = decision_labels(
-        policy_stack.config, policy_stack.clients[name].fingerprint
+        policy_stack.config, policy_stack.clients[name].fingerprint, since
     )
     assert labels["event"] == "token.refused"
     assert labels["reason"] == reason
@@ -304,6 +318,7 @@ def test_certificate_refused(policy_stack: PolicyStack, name: str, reason: str) 
 
 @pytest.mark.parametrize("name", ["allowed", "via-intermediate"])
 def test_certificate_allowed(policy_stack: PolicyStack, name: str) -> None:
+    since = log_position(policy_stack.config)
     response = policy_stack.post(name, scope=SCOPE)
     assert response.status_code == 200, response.text
     claims = jwt.decode(
@@ -316,7 +331,7 @@ def test_certificate_allowed(policy_stack: PolicyStack, name: str) -> None:
         .decode()
         .rstrip("=")
     )
-    labels = decision_labels(policy_stack.config, client.fingerprint)
+    labels = decision_labels(policy_stack.config, client.fingerprint, since)
     assert labels["policy_rule"] == "demo-devices"
     assert labels["cert_facts"] == "leaf"
 
@@ -325,6 +340,7 @@ def test_forged_headers_without_secret_refused(policy_stack: PolicyStack) -> Non
     # Straight to the function, past the gateway that adds the secret.
     config = policy_stack.config
     allowed = policy_stack.clients["allowed"]
+    since = log_position(config)
     response = requests.post(
         f"http://127.0.0.1:{config.token_port}/token",
         data={"grant_type": "client_credentials"},
@@ -337,7 +353,7 @@ def test_forged_headers_without_secret_refused(policy_stack: PolicyStack) -> Non
         timeout=10,
     )
     assert response.status_code == 401
-    labels = decision_labels(config, allowed.fingerprint)
+    labels = decision_labels(config, allowed.fingerprint, since)
     assert labels["reason"] == "lb_secret_mismatch"
     assert LB_SECRET not in (config.log_dir / "token.log").read_text()  # type: ignore[operator]
 

@@ -158,48 +158,50 @@ def _local_checks(local: LocalKeyResults) -> list[TargetCheck]:
         )
     if "peer" not in local.targets:
         return checks
+    # (label, value, numerator run, target, at_most): each ratio divides the
+    # numerator run's value by the other run's, within one repetition.
+    peer_figures: list[tuple[str, Callable[[Sample], float], str, float, bool]] = [
+        (
+            "Peer ratio (our req/s / peer req/s), {n} connections",
+            lambda sample: sample.requests_per_second,
+            "token",
+            PEER_RATIO_TARGET,
+            False,
+        ),
+        (
+            "Peer ratio per CPU second (peer CPU/req / ours), {n} conn.",
+            lambda sample: sample.cpu_ms_per_request,
+            "peer",
+            PEER_RATIO_TARGET,
+            False,
+        ),
+        (
+            "Our p99 / peer p99, {n} connections",
+            lambda sample: sample.p99_ms,
+            "token",
+            PEER_P99_TARGET,
+            True,
+        ),
+    ]
     for connections in local.concurrencies:
-        token = local.targets["token"].samples[connections]
-        peer = local.targets["peer"].samples[connections]
-        checks.append(
-            _check(
-                f"Peer ratio (our req/s / peer req/s), {connections} connections",
-                _pairwise(
-                    [s.requests_per_second for s in token],
-                    [s.requests_per_second for s in peer],
-                    lambda a, b: a / b,
-                ),
-                PEER_RATIO_TARGET,
-                at_most=False,
-                digits=2,
+        runs = {
+            name: local.targets[name].samples[connections] for name in ("token", "peer")
+        }
+        for label, value, numerator, target, at_most in peer_figures:
+            denominator = "peer" if numerator == "token" else "token"
+            checks.append(
+                _check(
+                    label.format(n=connections),
+                    _pairwise(
+                        [value(sample) for sample in runs[numerator]],
+                        [value(sample) for sample in runs[denominator]],
+                        lambda a, b: a / b,
+                    ),
+                    target,
+                    at_most=at_most,
+                    digits=2,
+                )
             )
-        )
-        checks.append(
-            _check(
-                f"Peer ratio per CPU second (peer CPU/req / ours), {connections} conn.",
-                _pairwise(
-                    [s.cpu_ms_per_request for s in peer],
-                    [s.cpu_ms_per_request for s in token],
-                    lambda a, b: a / b,
-                ),
-                PEER_RATIO_TARGET,
-                at_most=False,
-                digits=2,
-            )
-        )
-        checks.append(
-            _check(
-                f"Our p99 / peer p99, {connections} connections",
-                _pairwise(
-                    [s.p99_ms for s in token],
-                    [s.p99_ms for s in peer],
-                    lambda a, b: a / b,
-                ),
-                PEER_P99_TARGET,
-                at_most=True,
-                digits=2,
-            )
-        )
     return checks
 
 

@@ -30,6 +30,6 @@ def metadata(request: flask.Request) -> flask.Response:
 
 @functions_framework.errorhandler(HTTPException)  # type: ignore[untyped-decorator]
 def framework_error(error: HTTPException) -> flask.Response:
-    """Answer errors raised before the function runs as OAuth JSON."""
+    """Return errors raised before the function runs as OAuth JSON."""
     labels = _SERVICE.token.certificate_labels(flask.request)
     return framework_error_response(error.code or 500, labels)

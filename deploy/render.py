@@ -289,8 +289,8 @@ def _build_settings(values: dict[str, str], base: Path) -> Settings:
 
 
 def _check_issuer_facts(values: dict[str, str], headers: dict[str, str]) -> None:
-    # The functions refuse to start with a CRL but no issuer fact, or with a
-    # trusted CA but no leaf to verify; fail here, before anything is deployed.
+    # The functions fail to start with a CRL but no issuer fact, or with a
+    # trusted CA but no leaf to verify. Fail here, before anything is deployed.
     has_issuer = lb_headers.ISSUER_DN.key in headers or lb_headers.LEAF.key in headers
     if values.get("CRL_SOURCE") and not has_issuer:
         raise ConfigError(

@@ -46,7 +46,7 @@ class MetadataEndpoint:
         self._issuers = IssuerResolver(settings.issuer)
 
     def handle(self, request: flask.Request) -> flask.Response:
-        """Answer one metadata request; never raises."""
+        """Handle one metadata request and return its response; never raises."""
         context = RequestLogContext(trace=parse_trace_context(request.headers))
         with request_context(context):
             try:

@@ -94,7 +94,7 @@ class TokenEndpoint:
         self._issuers = IssuerResolver(settings.issuer)
 
     def handle(self, request: flask.Request) -> flask.Response:
-        """Answer one token request; never raises."""
+        """Handle one token request and return its response; never raises."""
         context = RequestLogContext(
             trace=parse_trace_context(request.headers),
             execution_id=_execution_id(request, self._settings),
@@ -197,10 +197,9 @@ class TokenEndpoint:
         """Establish who the client is and that its certificate is valid now."""
         settings = self._settings
         cert = self._certificate_parser.parse(request.headers)
-        # The header facts are logged even when the secret is wrong, to show
-        # what a request that bypassed the load balancer claimed to be.
+        # handle() has already labelled the entry with these header facts, so
+        # even a request that bypassed the load balancer shows what it claimed.
         header_labels = certificate_labels(cert)
-        labels.update(header_labels)
         if settings.lb_secret is not None:
             check_lb_secret(request.headers, settings.lb_secret)
 

@@ -265,7 +265,7 @@ def _impersonation_error(status: int, message: str) -> OAuthError:
     # 403: the federated principal lacks roles/iam.workloadIdentityUser on
     # the account, or the account does not exist.
     return AccessDeniedError(
-        "generateAccessToken was refused: " + message,
+        "generateAccessToken rejected the request: " + message,
         reason="impersonation_denied",
         log_labels={"upstream_status": str(status)},
     )

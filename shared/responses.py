@@ -83,8 +83,8 @@ def framework_error_response(
 ) -> flask.Response:
     """Return OAuth JSON for an error that Flask or functions-framework raised.
 
-    functions-framework answers ``/robots.txt`` and ``/favicon.ico`` itself
-    with a 404 before the function runs; this keeps those answers JSON too.
+    functions-framework rejects ``/robots.txt`` and ``/favicon.ico`` itself
+    with a 404 before the function runs, so this keeps those responses JSON.
     """
     error: OAuthError
     if status_code == 404:

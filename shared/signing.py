@@ -174,7 +174,7 @@ def _signing_key(
     jwk: dict[str, str],
 ) -> SigningKey:
     kid = jwk_thumbprint(jwk)
-    # PyJWT adds key_ops, which RFC 7517 §4.3 says not to combine with use.
+    # PyJWT adds key_ops, which RFC 7517 §4.3 advises against combining with use.
     jwk.pop("key_ops", None)
     public = {**jwk, "kid": kid, "alg": algorithm, "use": "sig"}
     return SigningKey(key, algorithm, kid, public)

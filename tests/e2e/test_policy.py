@@ -224,7 +224,7 @@ def token_log_entries(config: StackConfig) -> list[dict[str, Any]]:
 
 
 def log_position(config: StackConfig) -> int:
-    """Return how many entries the token log holds now."""
+    """Return how many entries the token log contains now."""
     return len(token_log_entries(config))
 
 
@@ -233,9 +233,9 @@ def decision_labels(
 ) -> dict[str, str]:
     """Wait for the last token decision about a certificate; return its labels.
 
-    Only entries after position ``since`` count, so a decision that an
-    earlier test logged for the same certificate cannot be mistaken for the
-    one the caller waits for; the log reaches its file with a delay.
+    Only entries after position ``since`` count, because the log reaches its
+    file with a delay. An earlier test's decision about the same certificate
+    then cannot be mistaken for the one the caller waits for.
     """
     deadline = time.monotonic() + LOG_WAIT_SECONDS
     while True:

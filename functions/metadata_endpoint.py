@@ -3,7 +3,9 @@
 Workload Identity Federation fetches these without a client certificate, so
 nothing here looks at the certificate headers. An issuer with a path, such as
 ``https://host/metadata``, serves its discovery document at
-``/metadata/.well-known/openid-configuration``.
+``/metadata/.well-known/openid-configuration``. A URL-mask load balancer may
+remove the ``/metadata`` segment, so the same document is also served at
+``/.well-known/openid-configuration``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from shared.discovery import (
     OPENID_CONFIGURATION,
     IssuerResolver,
     discovery_document,
+    first_segment,
     issuer_path,
+    routed_paths,
 )
 from shared.errors import MethodNotAllowedError, NotFoundError, OAuthError, ServerError
 from shared.signing import Signer
@@ -76,30 +80,28 @@ class MetadataEndpoint:
     def _route(self, request: flask.Request) -> flask.Response:
         issuer = self._issuers.resolve(request.headers.get("Host"))
         base = issuer_path(issuer)
-        path = request.path
         jwks = self._signer.public_jwks()
-        metadata_paths = {
-            base + OPENID_CONFIGURATION,
-            base + OAUTH_AUTHORIZATION_SERVER,
-        }
-        if base:
-            # RFC 8414 §3.1 inserts the well-known segment before the path.
-            metadata_paths.add(OAUTH_AUTHORIZATION_SERVER + base)
-        is_root = path in (base, base + "/") or (not base and path == "/")
-        is_jwks = path == base + JWKS_PATH and jwks is not None
-        if not (is_root or is_jwks or path in metadata_paths):
+        kind = next(
+            (
+                found
+                for path in routed_paths(request.path, first_segment(base))
+                if (found := _document_kind(path, base, jwks is not None))
+            ),
+            None,
+        )
+        if kind is None:
             raise NotFoundError(reason="unknown_path")
         if request.method not in _ALLOWED_METHODS:
             raise MethodNotAllowedError(_ALLOWED_METHODS, reason="method_not_allowed")
 
-        if is_root:
+        if kind == "root":
             location = issuer + OPENID_CONFIGURATION
             return responses.json_response(
                 {"location": location},
                 307,
                 {"Location": location, "Cache-Control": CACHE_CONTROL},
             )
-        if is_jwks and jwks is not None:
+        if kind == "jwks" and jwks is not None:
             return responses.json_response(jwks, 200, {"Cache-Control": CACHE_CONTROL})
         document = discovery_document(
             issuer, self._jwks_uri(issuer), self._signer.algorithms
@@ -112,3 +114,16 @@ class MetadataEndpoint:
             or self._signer.published_jwks_uri
             or issuer + JWKS_PATH
         )
+
+
+def _document_kind(path: str, base: str, has_jwks: bool) -> str | None:
+    """Return the kind of document ``path`` requests under the issuer path."""
+    if path in (base, base + "/") or (not base and path == "/"):
+        return "root"
+    if has_jwks and path == base + JWKS_PATH:
+        return "jwks"
+    metadata_paths = {base + OPENID_CONFIGURATION, base + OAUTH_AUTHORIZATION_SERVER}
+    if base:
+        # RFC 8414 §3.1 inserts the well-known segment before the path.
+        metadata_paths.add(OAUTH_AUTHORIZATION_SERVER + base)
+    return "metadata" if path in metadata_paths else None

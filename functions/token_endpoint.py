@@ -29,7 +29,7 @@ from shared.client_cert import (
     check_validity,
 )
 from shared.config import Settings
-from shared.discovery import TOKEN_PATH, IssuerResolver
+from shared.discovery import TOKEN_PATH, IssuerResolver, routed_paths
 from shared.errors import (
     InvalidClientError,
     InvalidRequestError,
@@ -134,7 +134,7 @@ class TokenEndpoint:
         return certificate_labels(self._certificate_parser.parse(request.headers))
 
     def _read_body(self, request: flask.Request) -> bytes:
-        if request.path != TOKEN_PATH:
+        if TOKEN_PATH not in routed_paths(request.path, TOKEN_PATH):
             raise NotFoundError(reason="unknown_path")
         if request.method not in _ALLOWED_METHODS:
             raise MethodNotAllowedError(_ALLOWED_METHODS, reason="method_not_allowed")

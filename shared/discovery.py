@@ -54,6 +54,27 @@ def issuer_path(issuer: str) -> str:
     return urlsplit(issuer).path.rstrip("/")
 
 
+def first_segment(path: str) -> str:
+    """Return the first segment of ``path`` with its slash, or "" for the root."""
+    segment = path.split("/")[1] if path.startswith("/") else ""
+    return "/" + segment if segment else ""
+
+
+def routed_paths(path: str, segment: str) -> tuple[str, ...]:
+    """Return the public paths that a function's request path may stand for.
+
+    A serverless NEG with the URL mask ``/<service>`` picks the function by the
+    first path segment. Google's documentation shows how the mask finds the
+    service, but not whether that segment is still in the path the function
+    receives. So a function accepts both forms: the path as sent
+    (``/metadata/jwks``), and, when ``segment`` is missing from it, the path
+    with ``segment`` restored (``/jwks`` is read as ``/metadata/jwks``).
+    """
+    if not segment or path == segment or path.startswith(segment + "/"):
+        return (path,)
+    return (path, segment + ("" if path == "/" else path))
+
+
 def origin(issuer: str) -> str:
     """Return the scheme and authority of the issuer."""
     parts = urlsplit(issuer)

@@ -437,6 +437,17 @@ def _origin_form(target: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def strip_first_segment(target: str) -> str:
+    """Return an origin-form target without its first path segment.
+
+    ``/metadata/jwks?x=1`` becomes ``/jwks?x=1`` and ``/token`` becomes ``/``:
+    the other reading of how a URL mask passes the path on.
+    """
+    path, mark, query = target.partition("?")
+    rest = path.split("/", 2)[2] if path.count("/") >= 2 else ""
+    return "/" + rest + mark + query
+
+
 # --- Configuration -----------------------------------------------------------
 
 
@@ -460,6 +471,7 @@ class GatewayConfig:
     client_ca_file: Path
     backends: Mapping[str, Backend]
     routing: Routing = "root"
+    strip_mask_segment: bool = False
     san_encoding: SanEncoding = "per-entry"
     idle_timeout_secs: float = 600.0
     backend_timeout_secs: float = 60.0
@@ -832,6 +844,8 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
     def _forward(self, backend: Backend, body: bytes | None) -> _BackendResponse:
         headers = self._backend_headers(backend, body)
         target = _origin_form(self.path)
+        if self.gateway.config.strip_mask_segment:
+            target = strip_first_segment(target)
         for attempt in (1, 2):
             connection, reused = self._backend_connection(backend)
             try:
@@ -976,7 +990,7 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
-def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
+def parse_args(argv: Sequence[str] | None) -> GatewayConfig:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local.gateway",
         description=(
@@ -1025,6 +1039,12 @@ def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
         "segment (default: %(default)s)",
     )
     parser.add_argument(
+        "--strip-mask-segment",
+        action="store_true",
+        help="with --routing url-mask, forward the path without the segment "
+        "that named the backend (/metadata/jwks reaches it as /jwks)",
+    )
+    parser.add_argument(
         "--san-encoding",
         choices=("per-entry", "whole-list"),
         default="per-entry",
@@ -1070,6 +1090,8 @@ def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
     missing = {"token", "metadata"} - backends.keys()
     if args.routing == "root" and missing:
         parser.error(f"--routing root needs the backends {', '.join(sorted(missing))}")
+    if args.strip_mask_segment and args.routing != "url-mask":
+        parser.error("--strip-mask-segment needs --routing url-mask")
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -1084,6 +1106,7 @@ def _parse_args(argv: Sequence[str] | None) -> GatewayConfig:
         client_ca_file=args.client_ca,
         backends=backends,
         routing=args.routing,
+        strip_mask_segment=args.strip_mask_segment,
         san_encoding=args.san_encoding,
         idle_timeout_secs=args.idle_timeout,
         backend_timeout_secs=args.backend_timeout,
@@ -1140,7 +1163,7 @@ def _stop(signum: int, frame: types.FrameType | None) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway until Ctrl-C or SIGTERM."""
-    config = _parse_args(argv)
+    config = parse_args(argv)
     _warn_about_client_id_header(config.header_names)
     for path in (config.cert_file, config.key_file, config.client_ca_file):
         if not path.is_file():

@@ -61,7 +61,28 @@ GLOBAL_FLAGS = {
 
 _LOCATION = {"--location": V}
 _SCOPE = {"--global": B, "--region": V}
-_WIF_POOL = {"--location": V, "--description": V, "--display-name": V, "--disabled": B}
+# https://cloud.google.com/sdk/gcloud/reference/iam/workload-identity-pools/create
+_WIF_POOL_CREATE = {
+    "--location": V,
+    "--description": V,
+    "--disabled": B,
+    "--display-name": V,
+    "--inline-certificate-issuance-config-file": V,
+    "--inline-trust-config-file": V,
+    "--mode": V,
+}
+# https://cloud.google.com/sdk/gcloud/reference/iam/workload-identity-pools/update
+_WIF_POOL_UPDATE = {
+    "--location": V,
+    "--description": V,
+    "--disabled": B,
+    "--display-name": V,
+    "--inline-trust-config-file": V,
+    "--inline-certificate-issuance-config-file": V,
+    "--certificate-lifetime": V,
+    "--key-algorithm": V,
+    "--rotation-window-percentage": V,
+}
 # https://cloud.google.com/sdk/gcloud/reference/iam/workload-identity-pools/providers/create-oidc
 # https://cloud.google.com/sdk/gcloud/reference/iam/workload-identity-pools/providers/update-oidc
 _OIDC = {
@@ -86,9 +107,6 @@ _IAM_BINDING = {
 }
 
 # https://cloud.google.com/sdk/gcloud/reference/functions/deploy
-# NOTE: the synopsis excerpt that was read ends at --clear-max-instances. The
-# flags after it (secrets, memory, instances, triggers) are the page's usual
-# flags but were not read, so recheck them against the page.
 _FUNCTIONS_DEPLOY = {
     "--region": V,
     "--allow-unauthenticated": B,
@@ -193,21 +211,100 @@ _BACKEND_SERVICE = {
     "--timeout": V,
     "--protocol": V,
 }
-# https://cloud.google.com/sdk/gcloud/reference/compute/backend-services/remove-backend
-# (add-backend takes the same backend selection flags)
-_ADD_BACKEND = {
+# https://cloud.google.com/sdk/gcloud/reference/compute/backend-services/create
+_BACKEND_SERVICE_CREATE = {
+    "--affinity-cookie-name": V,
+    "--affinity-cookie-path": V,
+    "--affinity-cookie-ttl": V,
+    "--bypass-cache-on-request-headers": V,
+    "--cache-key-include-host": B,
+    "--no-cache-key-include-host": B,
+    "--cache-key-include-http-header": V,
+    "--cache-key-include-named-cookie": V,
+    "--cache-key-include-protocol": B,
+    "--no-cache-key-include-protocol": B,
+    "--cache-key-include-query-string": B,
+    "--no-cache-key-include-query-string": B,
+    "--cache-mode": V,
+    "--client-ttl": V,
+    "--compression-mode": V,
+    "--connection-drain-on-failover": B,
+    "--connection-draining-timeout": V,
+    "--connection-persistence-on-unhealthy-backends": V,
+    "--custom-request-header": M,
+    "--custom-response-header": M,
+    "--default-ttl": V,
+    "--description": V,
+    "--drop-traffic-if-unhealthy": B,
+    "--enable-cdn": B,
+    "--no-enable-cdn": B,
+    "--enable-logging": B,
+    "--no-enable-logging": B,
+    "--enable-strong-affinity": B,
+    "--no-enable-strong-affinity": B,
+    "--failover-ratio": V,
+    "--health-checks": V,
+    "--http-health-checks": V,
+    "--https-health-checks": V,
+    "--iap": V,
+    "--idle-timeout-sec": V,
+    "--ip-address-selection-policy": V,
+    "--load-balancing-scheme": V,
+    "--locality-lb-policy": V,
+    "--logging-optional": V,
+    "--logging-optional-fields": V,
+    "--logging-sample-rate": V,
+    "--max-ttl": V,
+    "--negative-caching": B,
+    "--no-negative-caching": B,
+    "--negative-caching-policy": V,
+    "--network": V,
+    "--port-name": V,
+    "--protocol": V,
+    "--request-coalescing": B,
+    "--no-request-coalescing": B,
+    "--serve-while-stale": V,
+    "--service-bindings": V,
+    "--service-lb-policy": V,
+    "--session-affinity": V,
+    "--signed-url-cache-max-age": V,
+    "--subsetting-policy": V,
+    "--timeout": V,
+    "--tracking-mode": V,
+    "--cache-key-query-string-blacklist": V,
+    "--cache-key-query-string-whitelist": V,
+    "--custom-metrics": V,
+    "--custom-metrics-file": V,
     "--global": B,
     "--region": V,
-    "--network-endpoint-group": V,
-    "--network-endpoint-group-region": V,
-    "--network-endpoint-group-zone": V,
-    "--global-network-endpoint-group": B,
+    "--global-health-checks": B,
+    "--health-checks-region": V,
+}
+# https://cloud.google.com/sdk/gcloud/reference/compute/backend-services/add-backend
+_ADD_BACKEND = {
     "--instance-group": V,
     "--instance-group-region": V,
     "--instance-group-zone": V,
+    "--network-endpoint-group": V,
+    "--global-network-endpoint-group": B,
+    "--network-endpoint-group-region": V,
+    "--network-endpoint-group-zone": V,
     "--balancing-mode": V,
     "--capacity-scaler": V,
     "--description": V,
+    "--failover": B,
+    "--max-utilization": V,
+    "--preference": V,
+    "--custom-metrics": V,
+    "--custom-metrics-file": V,
+    "--global": B,
+    "--region": V,
+    "--max-connections": V,
+    "--max-connections-per-endpoint": V,
+    "--max-connections-per-instance": V,
+    "--max-rate": V,
+    "--max-rate-per-endpoint": V,
+    "--max-rate-per-instance": V,
 }
 # https://cloud.google.com/sdk/gcloud/reference/beta/compute/target-https-proxies/create
 _PROXY_CREATE = {
@@ -281,7 +378,6 @@ _SECRET_CREATE = {
     "--location": V,
     "--regional-kms-key-name": V,
     "--set-annotations": V,
-    "--tags": V,
     "--topics": V,
     "--version-destroy-ttl": V,
     "--expire-time": V,
@@ -295,22 +391,20 @@ _SECRET_CREATE = {
 }
 
 # Command path -> (reference page, (min, max) positionals, allowed flags).
-# NOTE: pages marked "not opened" were not read while writing these tables. Their
-# flags follow the command group's pages that were read.
 GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] = {
     "services enable": (
-        f"{REFERENCE}/services/enable (not opened)",
-        (1, None),
+        f"{REFERENCE}/services/enable",
+        (0, None),
         {"--async": B},
     ),
-    "projects describe": (f"{REFERENCE}/projects/describe (not opened)", (1, 1), {}),
+    "projects describe": (f"{REFERENCE}/projects/describe", (1, 1), {}),
     "iam service-accounts describe": (
-        f"{REFERENCE}/iam/service-accounts/describe (not opened)",
+        f"{REFERENCE}/iam/service-accounts/describe",
         (1, 1),
         {},
     ),
     "iam service-accounts create": (
-        f"{REFERENCE}/iam/service-accounts/create (not opened)",
+        f"{REFERENCE}/iam/service-accounts/create",
         (1, 1),
         {"--display-name": V, "--description": V},
     ),
@@ -320,37 +414,37 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         _IAM_BINDING,
     ),
     "iam service-accounts delete": (
-        f"{REFERENCE}/iam/service-accounts/delete (not opened)",
+        f"{REFERENCE}/iam/service-accounts/delete",
         (1, 1),
         {},
     ),
     "iam workload-identity-pools describe": (
-        f"{REFERENCE}/iam/workload-identity-pools/describe (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/describe",
         (1, 1),
         _LOCATION,
     ),
     "iam workload-identity-pools create": (
-        f"{REFERENCE}/iam/workload-identity-pools/create (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/create",
         (1, 1),
-        _WIF_POOL,
+        _WIF_POOL_CREATE,
     ),
     "iam workload-identity-pools update": (
-        f"{REFERENCE}/iam/workload-identity-pools/update (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/update",
         (1, 1),
-        _WIF_POOL,
+        _WIF_POOL_UPDATE,
     ),
     "iam workload-identity-pools undelete": (
-        f"{REFERENCE}/iam/workload-identity-pools/undelete (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/undelete",
         (1, 1),
         _LOCATION,
     ),
     "iam workload-identity-pools delete": (
-        f"{REFERENCE}/iam/workload-identity-pools/delete (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/delete",
         (1, 1),
         _LOCATION,
     ),
     "iam workload-identity-pools providers describe": (
-        f"{REFERENCE}/iam/workload-identity-pools/providers/describe (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/providers/describe",
         (1, 1),
         _WIF_PROVIDER,
     ),
@@ -365,76 +459,80 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         _OIDC,
     ),
     "iam workload-identity-pools providers undelete": (
-        f"{REFERENCE}/iam/workload-identity-pools/providers/undelete (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/providers/undelete",
         (1, 1),
         _WIF_PROVIDER,
     ),
     "iam workload-identity-pools providers delete": (
-        f"{REFERENCE}/iam/workload-identity-pools/providers/delete (not opened)",
+        f"{REFERENCE}/iam/workload-identity-pools/providers/delete",
         (1, 1),
         _WIF_PROVIDER,
     ),
     "secrets describe": (
-        f"{REFERENCE}/secrets/describe (not opened)",
+        f"{REFERENCE}/secrets/describe",
         (1, 1),
         _LOCATION,
     ),
     "secrets create": (f"{REFERENCE}/secrets/create", (1, 1), _SECRET_CREATE),
     "secrets versions add": (
-        f"{REFERENCE}/secrets/versions/add (not opened)",
+        f"{REFERENCE}/secrets/versions/add",
         (1, 1),
         {"--data-file": V, "--location": V},
     ),
     "secrets versions access": (
-        f"{REFERENCE}/secrets/versions/access (not opened)",
+        f"{REFERENCE}/secrets/versions/access",
         (1, 1),
         {"--secret": V, "--location": V, "--out-file": V},
     ),
     "secrets add-iam-policy-binding": (
-        f"{REFERENCE}/secrets/add-iam-policy-binding (not opened)",
+        f"{REFERENCE}/secrets/add-iam-policy-binding",
         (1, 1),
         {**_IAM_BINDING, "--location": V},
     ),
     "secrets delete": (
-        f"{REFERENCE}/secrets/delete (not opened)",
+        f"{REFERENCE}/secrets/delete",
         (1, 1),
         {"--etag": V, "--location": V},
     ),
     "functions deploy": (f"{REFERENCE}/functions/deploy", (1, 1), _FUNCTIONS_DEPLOY),
     "functions delete": (
-        f"{REFERENCE}/functions/delete (not opened)",
+        f"{REFERENCE}/functions/delete",
         (1, 1),
-        {"--region": V, "--gen2": B},
+        {"--region": V},
     ),
     "compute addresses describe": (
-        f"{REFERENCE}/compute/addresses/describe (not opened)",
+        f"{REFERENCE}/compute/addresses/describe",
         (1, 1),
         _SCOPE,
     ),
     "compute addresses create": (
-        f"{REFERENCE}/compute/addresses/create (not opened)",
-        (1, None),
+        f"{REFERENCE}/compute/addresses/create",
+        (0, None),
         {
-            **_SCOPE,
-            "--ip-version": V,
             "--description": V,
+            "--endpoint-type": V,
+            "--network": V,
             "--network-tier": V,
+            "--prefix-length": V,
             "--purpose": V,
+            "--subnet": V,
             "--addresses": V,
+            "--ip-version": V,
+            **_SCOPE,
         },
     ),
     "compute addresses delete": (
-        f"{REFERENCE}/compute/addresses/delete (not opened)",
+        f"{REFERENCE}/compute/addresses/delete",
         (1, None),
         _SCOPE,
     ),
     "compute ssl-certificates describe": (
-        f"{REFERENCE}/compute/ssl-certificates/describe (not opened)",
+        f"{REFERENCE}/compute/ssl-certificates/describe",
         (1, 1),
         _SCOPE,
     ),
     "compute ssl-certificates create": (
-        f"{REFERENCE}/compute/ssl-certificates/create (not opened)",
+        f"{REFERENCE}/compute/ssl-certificates/create",
         (1, 1),
         {
             **_SCOPE,
@@ -445,7 +543,7 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         },
     ),
     "compute ssl-certificates delete": (
-        f"{REFERENCE}/compute/ssl-certificates/delete (not opened)",
+        f"{REFERENCE}/compute/ssl-certificates/delete",
         (1, None),
         _SCOPE,
     ),
@@ -455,9 +553,9 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         {"--location": V, "--async": B, "--source": V, "--update-mask": V},
     ),
     "certificate-manager trust-configs delete": (
-        f"{REFERENCE}/certificate-manager/trust-configs/delete (not opened)",
+        f"{REFERENCE}/certificate-manager/trust-configs/delete",
         (1, 1),
-        {"--location": V, "--async": B},
+        {"--location": V, "--async": B, "--etag": V},
     ),
     "network-security server-tls-policies import": (
         f"{REFERENCE}/network-security/server-tls-policies/import",
@@ -465,12 +563,12 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         {"--location": V, "--async": B, "--source": V},
     ),
     "network-security server-tls-policies delete": (
-        f"{REFERENCE}/network-security/server-tls-policies/delete (not opened)",
+        f"{REFERENCE}/network-security/server-tls-policies/delete",
         (1, 1),
         {"--location": V, "--async": B},
     ),
     "compute network-endpoint-groups describe": (
-        f"{REFERENCE}/compute/network-endpoint-groups/describe (not opened)",
+        f"{REFERENCE}/compute/network-endpoint-groups/describe",
         (1, 1),
         {**_SCOPE, "--zone": V},
     ),
@@ -480,19 +578,19 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         _NEG_CREATE,
     ),
     "compute network-endpoint-groups delete": (
-        f"{REFERENCE}/compute/network-endpoint-groups/delete (not opened)",
-        (1, None),
+        f"{REFERENCE}/compute/network-endpoint-groups/delete",
+        (1, 1),
         {**_SCOPE, "--zone": V},
     ),
     "compute backend-services describe": (
-        f"{REFERENCE}/compute/backend-services/describe (not opened)",
+        f"{REFERENCE}/compute/backend-services/describe",
         (1, 1),
         _SCOPE,
     ),
     "compute backend-services create": (
-        f"{REFERENCE}/compute/backend-services/create (not opened)",
+        f"{REFERENCE}/compute/backend-services/create",
         (1, 1),
-        {**_BACKEND_SERVICE, "--load-balancing-scheme": V},
+        _BACKEND_SERVICE_CREATE,
     ),
     "compute backend-services update": (
         f"{REFERENCE}/compute/backend-services/update",
@@ -500,22 +598,22 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         {**_BACKEND_SERVICE, "--no-custom-request-headers": B},
     ),
     "compute backend-services add-backend": (
-        f"{REFERENCE}/compute/backend-services/add-backend (not opened)",
+        f"{REFERENCE}/compute/backend-services/add-backend",
         (1, 1),
         _ADD_BACKEND,
     ),
     "compute backend-services delete": (
-        f"{REFERENCE}/compute/backend-services/delete (not opened)",
+        f"{REFERENCE}/compute/backend-services/delete",
         (1, None),
         _SCOPE,
     ),
     "compute url-maps describe": (
-        f"{REFERENCE}/compute/url-maps/describe (not opened)",
+        f"{REFERENCE}/compute/url-maps/describe",
         (1, 1),
         _SCOPE,
     ),
     "compute url-maps create": (
-        f"{REFERENCE}/compute/url-maps/create (not opened)",
+        f"{REFERENCE}/compute/url-maps/create",
         (1, 1),
         {
             **_SCOPE,
@@ -530,12 +628,12 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         {**_SCOPE, "--source": V},
     ),
     "compute url-maps delete": (
-        f"{REFERENCE}/compute/url-maps/delete (not opened)",
+        f"{REFERENCE}/compute/url-maps/delete",
         (1, None),
         _SCOPE,
     ),
     "compute target-https-proxies describe": (
-        f"{REFERENCE}/compute/target-https-proxies/describe (not opened)",
+        f"{REFERENCE}/compute/target-https-proxies/describe",
         (1, 1),
         _SCOPE,
     ),
@@ -550,12 +648,12 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         _PROXY_UPDATE,
     ),
     "compute target-https-proxies delete": (
-        f"{REFERENCE}/compute/target-https-proxies/delete (not opened)",
+        f"{REFERENCE}/compute/target-https-proxies/delete",
         (1, None),
         _SCOPE,
     ),
     "compute forwarding-rules describe": (
-        f"{REFERENCE}/compute/forwarding-rules/describe (not opened)",
+        f"{REFERENCE}/compute/forwarding-rules/describe",
         (1, 1),
         _SCOPE,
     ),
@@ -565,7 +663,7 @@ GCLOUD_COMMANDS: dict[str, tuple[str, tuple[int, int | None], dict[str, str]]] =
         _FORWARDING_RULE_CREATE,
     ),
     "compute forwarding-rules delete": (
-        f"{REFERENCE}/compute/forwarding-rules/delete (not opened)",
+        f"{REFERENCE}/compute/forwarding-rules/delete",
         (1, None),
         _SCOPE,
     ),

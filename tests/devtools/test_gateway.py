@@ -541,6 +541,61 @@ def test_url_mask_unknown_segment_404(mask_gateway: Gateway, path: str) -> None:
     assert response.json()["error"] == "not_found"
 
 
+@pytest.fixture(scope="module")
+def stripping_gateway(
+    tool_process_factory: StartTool, pki_dir: Path, backends: dict[str, str]
+) -> Gateway:
+    """A URL-mask gateway that forwards paths without their first segment."""
+    return _start_gateway(
+        tool_process_factory,
+        pki_dir,
+        backends,
+        "--routing",
+        "url-mask",
+        "--strip-mask-segment",
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "backend", "forwarded"),
+    [
+        ("/token", "token", "/"),
+        ("/token?x=1", "token", "/?x=1"),
+        ("/metadata/", "metadata", "/"),
+        (
+            "/metadata/.well-known/openid-configuration",
+            "metadata",
+            "/.well-known/openid-configuration",
+        ),
+    ],
+)
+def test_url_mask_strips_segment(
+    stripping_gateway: Gateway, path: str, backend: str, forwarded: str
+) -> None:
+    echo = _echo(_get(stripping_gateway, path))
+    assert echo.backend == backend
+    assert echo.path == forwarded
+
+
+@pytest.mark.parametrize(
+    ("target", "stripped"),
+    [
+        ("/token", "/"),
+        ("/token/", "/"),
+        ("/metadata/jwks?a=/b", "/jwks?a=/b"),
+        ("/a/b/c", "/b/c"),
+        ("/", "/"),
+    ],
+)
+def test_strip_first_segment(target: str, stripped: str) -> None:
+    assert gateway.strip_first_segment(target) == stripped
+
+
+def test_strip_needs_url_mask() -> None:
+    with pytest.raises(SystemExit):
+        gateway.parse_args(["--strip-mask-segment"])
+
+
 def test_path_and_query_unchanged(root_gateway: Gateway) -> None:
     path = "/token/a%2Fb?scope=a%20b&x=1&x=2"
     assert _echo(_get(root_gateway, path)).path == path

@@ -34,10 +34,20 @@ VERIFIED_HEADERS = {
 }
 
 
-def test_url_mask_layout_end_to_end(stack_state_dir: Path, stack_log_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "gateway_args",
+    [(), ("--strip-mask-segment",)],
+    ids=["path-kept", "segment-removed"],
+)
+def test_url_mask_layout_end_to_end(
+    stack_state_dir: Path, stack_log_dir: Path, gateway_args: tuple[str, ...]
+) -> None:
+    # Both readings of how a URL mask passes the path on must work.
+    name = "url-mask" + ("-stripped" if gateway_args else "")
     config = stack_config(
-        stack_state_dir, stack_log_dir / "url-mask", signing="iam", routing="url-mask"
+        stack_state_dir, stack_log_dir / name, signing="iam", routing="url-mask"
     )
+    config.gateway_args = gateway_args
     with running_stack(config):
         ca = str(config.pki_dir / "ca.pem")
         discovery_url = (

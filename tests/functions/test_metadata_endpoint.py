@@ -187,6 +187,38 @@ def test_path_issuer_redirects(path_client: FlaskClient, path: str) -> None:
     assert response.headers["Location"] == PATH_ISSUER + DISCOVERY
 
 
+# A URL-mask load balancer may remove the /metadata segment it routed by, so
+# each document is also served without it.
+@pytest.mark.parametrize("path", [DISCOVERY, AUTHORIZATION_SERVER])
+def test_path_issuer_discovery_without_segment(
+    path_client: FlaskClient, path: str
+) -> None:
+    document = json_of(path_client.get(path))
+    assert document["issuer"] == PATH_ISSUER
+    assert document == json_of(path_client.get("/metadata" + path))
+
+
+def test_path_issuer_jwks_without_segment(path_client: FlaskClient) -> None:
+    assert json_of(path_client.get("/jwks")) == json_of(
+        path_client.get("/metadata/jwks")
+    )
+
+
+def test_path_issuer_root_redirects(path_client: FlaskClient) -> None:
+    response = path_client.get("/")
+    assert response.status_code == 307
+    assert response.headers["Location"] == PATH_ISSUER + DISCOVERY
+
+
+@pytest.mark.parametrize(
+    "path", ["/nope", "/metadata/nope", "/jwks.json", "/other" + DISCOVERY]
+)
+def test_path_issuer_unknown_path_404(path_client: FlaskClient, path: str) -> None:
+    response = path_client.get(path)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "invalid_request"
+
+
 # --- Issuer from the Host header -------------------------------------------
 
 

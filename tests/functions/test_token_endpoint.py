@@ -731,7 +731,6 @@ def test_head_405_allow_post(client: FlaskClient) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/",
         "/token/",
         "/tokens",
         "/Token",
@@ -749,6 +748,17 @@ def test_other_path_404(
         path, data=GRANT, headers={**mtls_headers, "Content-Type": FORM_CONTENT_TYPE}
     )
     assert_oauth_error(response, 404, "invalid_request")
+
+
+def test_root_path_accepted_as_token(
+    client: FlaskClient, mtls_headers: dict[str, str]
+) -> None:
+    # A URL-mask load balancer may remove the /token segment it routed by.
+    response = client.post(
+        "/", data=GRANT, headers={**mtls_headers, "Content-Type": FORM_CONTENT_TYPE}
+    )
+    assert response.status_code == 200
+    assert response.get_json()["id_token"]
 
 
 # --- Unexpected failures ---------------------------------------------------

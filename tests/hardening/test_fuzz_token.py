@@ -67,6 +67,8 @@ FUNCTION_EXAMPLES = 300
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 WORKLOAD_ACCOUNT = "workload@demo-project.iam.gserviceaccount.com"
 GRANT = "grant_type=client_credentials"
+# "/" is the token path as a URL-mask load balancer may pass it on.
+TOKEN_PATHS = ("/token", "/")
 
 CLIENT_ID_HEADERS = tuple(
     header.default_name for header in lb_headers.CLIENT_ID_CANDIDATES
@@ -336,7 +338,7 @@ def expected_client_id(request: FuzzRequest) -> str:
 
 def asks_external_format(request: FuzzRequest) -> bool:
     """Whether the function must respond in the executable format."""
-    if request.method != "POST" or request.path.split("?")[0] != "/token":
+    if request.method != "POST" or request.path.split("?")[0] not in TOKEN_PATHS:
         return False
     if len(request.body) > MAX_BODY_BYTES:
         return False
@@ -374,7 +376,7 @@ def check_response(
 def check_issued(request: FuzzRequest, body: dict[str, Any], public_key: Any) -> None:
     """A token only for a verified certificate, naming the headers' client."""
     assert request.method == "POST"
-    assert request.path.split("?")[0] == "/token"
+    assert request.path.split("?")[0] in TOKEN_PATHS
     assert is_true(joined(request.headers, PRESENT))
     assert is_true(joined(request.headers, CHAIN_VERIFIED))
     if request.config == LEAF_CONFIG:

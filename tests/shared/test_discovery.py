@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from shared.discovery import discovery_document, issuer_path, origin, resolve_issuer
+from shared.discovery import (
+    discovery_document,
+    first_segment,
+    issuer_path,
+    origin,
+    resolve_issuer,
+    routed_paths,
+)
 from shared.errors import InvalidRequestError
 
 
@@ -80,3 +87,32 @@ def test_discovery_document_fields() -> None:
     assert document["id_token_signing_alg_values_supported"] == ["RS256"]
     assert document["grant_types_supported"] == ["client_credentials"]
     assert document["token_endpoint_auth_methods_supported"] == ["tls_client_auth"]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/", ""),
+        ("", ""),
+        ("/metadata", "/metadata"),
+        ("/metadata/.well-known/openid-configuration", "/metadata"),
+    ],
+)
+def test_first_segment(path: str, expected: str) -> None:
+    assert first_segment(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "segment", "expected"),
+    [
+        ("/token", "/token", ("/token",)),
+        ("/", "/token", ("/", "/token")),
+        ("/token/", "/token", ("/token/",)),
+        ("/tokens", "/token", ("/tokens", "/token/tokens")),
+        ("/jwks", "/metadata", ("/jwks", "/metadata/jwks")),
+        ("/metadata/jwks", "/metadata", ("/metadata/jwks",)),
+        ("/jwks", "", ("/jwks",)),
+    ],
+)
+def test_routed_paths(path: str, segment: str, expected: tuple[str, ...]) -> None:
+    assert routed_paths(path, segment) == expected

@@ -81,14 +81,11 @@ class MetadataEndpoint:
         issuer = self._issuers.resolve(request.headers.get("Host"))
         base = issuer_path(issuer)
         jwks = self._signer.public_jwks()
-        kind = next(
-            (
-                found
-                for path in routed_paths(request.path, first_segment(base))
-                if (found := _document_kind(path, base, jwks is not None))
-            ),
-            None,
-        )
+        kind = None
+        for path in routed_paths(request.path, first_segment(base)):
+            kind = _document_kind(path, base, jwks is not None)
+            if kind is not None:
+                break
         if kind is None:
             raise NotFoundError(reason="unknown_path")
         if request.method not in _ALLOWED_METHODS:

@@ -61,11 +61,11 @@ def first_segment(path: str) -> str:
 
 
 def routed_paths(path: str, segment: str) -> tuple[str, ...]:
-    """Return the public paths that a function's request path may stand for.
+    """Return the public paths that a function's request path may represent.
 
     A serverless NEG with the URL mask ``/<service>`` picks the function by the
-    first path segment. Google's documentation shows how the mask finds the
-    service, but not whether that segment is still in the path the function
+    first path segment. The Google pages on URL masks show how the mask finds
+    the service, but not whether that segment is still in the path the function
     receives. So a function accepts both forms: the path as sent
     (``/metadata/jwks``), and, when ``segment`` is missing from it, the path
     with ``segment`` restored (``/jwks`` is read as ``/metadata/jwks``).

@@ -59,6 +59,7 @@ from cryptography.x509.verification import (
 from OpenSSL import SSL
 
 from shared import lb_headers
+from shared.discovery import first_segment
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -420,7 +421,7 @@ def route_request(path: str, routing: Routing, backends: Iterable[str]) -> str |
     if routing == "root":
         is_token = path == "/token" or path.startswith("/token/")
         return "token" if is_token else "metadata"
-    segment = path.split("/")[1] if path.startswith("/") else ""
+    segment = first_segment(path).removeprefix("/")
     return segment if segment and segment in set(backends) else None
 
 
@@ -440,12 +441,11 @@ def _origin_form(target: str) -> str:
 def strip_first_segment(target: str) -> str:
     """Return an origin-form target without its first path segment.
 
-    ``/metadata/jwks?x=1`` becomes ``/jwks?x=1`` and ``/token`` becomes ``/``:
-    the other reading of how a URL mask passes the path on.
+    ``/metadata/jwks?x=1`` becomes ``/jwks?x=1`` and ``/token`` becomes ``/``.
+    This emulates the other reading of how a URL mask passes the path on.
     """
     path, mark, query = target.partition("?")
-    rest = path.split("/", 2)[2] if path.count("/") >= 2 else ""
-    return "/" + rest + mark + query
+    return (path.removeprefix(first_segment(path)) or "/") + mark + query
 
 
 # --- Configuration -----------------------------------------------------------
